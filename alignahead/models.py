@@ -1,0 +1,107 @@
+"""Student GNNs that expose every hidden layer's features, which the distillation loss compares.
+
+Only `dgl.nn.pytorch` convolutions are used, so the same code runs from DGL 1.1 to 2.4.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dgl
+import torch
+from dgl.nn.pytorch import GATConv, GraphConv, SAGEConv
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from alignahead.spec import StudentSpec
+
+
+class StudentConfig(BaseModel):
+    """Everything needed to rebuild a student: its spec plus the dataset's input/output sizes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: str
+    in_feats: int = Field(ge=1)
+    num_classes: int = Field(ge=1)
+    hidden_layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    heads: int = Field(1, ge=1)
+    out_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    residual: bool = True
+    aggregator: str = "mean"
+
+    @classmethod
+    def from_spec(cls, spec: StudentSpec, in_feats: int, num_classes: int) -> StudentConfig:
+        fields = spec.model_dump(exclude={"count"})
+        return cls(**fields, in_feats=in_feats, num_classes=num_classes)
+
+
+class Student(nn.Module):
+    """A stack of graph convolutions; forward returns the logits and each hidden layer's output.
+
+    Hidden features are taken after the activation (heads concatenated), the representation that
+    the next layer consumes, as in the published code.
+    """
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList()
+        self.residuals = nn.ModuleList()
+        width = config.in_feats
+        for _ in range(config.hidden_layers):
+            conv, out_width = self._conv(width, config.hidden_size, config.heads, activation=True)
+            self.layers.append(conv)
+            self.residuals.append(self._residual(width, out_width))
+            width = out_width
+        self.output, _ = self._conv(width, config.num_classes, config.out_heads, activation=False)
+        self.output_residual = self._residual(width, config.num_classes)
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+    def _conv(self, in_dim: int, out_dim: int, heads: int, activation: bool) -> tuple[nn.Module, int]:
+        c = self.config
+        act = nn.functional.elu if activation else None
+        if c.arch == "gat":
+            return GATConv(in_dim, out_dim, heads, activation=act, allow_zero_in_degree=True), (
+                out_dim * heads if activation else out_dim
+            )
+        if c.arch == "gcn":
+            return GraphConv(in_dim, out_dim, activation=act, allow_zero_in_degree=True), out_dim
+        if c.arch == "sage":
+            return SAGEConv(in_dim, out_dim, c.aggregator, activation=act), out_dim
+        raise ValueError(f"unknown architecture {c.arch!r}; choose gat, gcn or sage")
+
+    def _residual(self, in_dim: int, out_dim: int) -> nn.Module | None:
+        if not self.config.residual:
+            return None
+        return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
+
+    def forward(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = feat
+        hidden: list[torch.Tensor] = []
+        for conv, res in zip(self.layers, self.residuals, strict=True):
+            x = self.dropout(h)
+            out = conv(graph, x).flatten(1)  # GAT: heads concatenated
+            if res is not None:
+                out = out + res(x)
+            hidden.append(out)
+            h = out
+        x = self.dropout(h)
+        logits = self.output(graph, x)
+        if logits.dim() == 3:  # GAT output heads are averaged
+            logits = logits.mean(1)
+        if self.output_residual is not None:
+            logits = logits + self.output_residual(x)
+        return logits, hidden
+
+
+def build_student(config: StudentConfig | dict[str, Any]) -> Student:
+    if isinstance(config, dict):
+        config = StudentConfig.model_validate(config)
+    return Student(config)

@@ -1,0 +1,155 @@
+"""The job spec: the one pydantic model that the CLI, the API and the worker all accept.
+
+Every section forbids unknown keys so that a typo fails loudly instead of training with a default.
+The defaults reproduce the paper's PPI setting (Guo et al., IJCNN 2022).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Arch = Literal["gat", "gcn", "sage"]
+Strategy = Literal["alignahead", "one-to-one", "none"]
+Schedule = Literal["alternating", "simultaneous"]
+
+DATASET_NAMES = (
+    "ppi",
+    "coauthor-cs",
+    "coauthor-physics",
+    "amazon-computers",
+    "amazon-photo",
+    "cora",
+    "citeseer",
+    "pubmed",
+    "npz",
+    "synthetic",
+    "upload",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitSpec(_Section):
+    """Per-class random split for single-graph datasets without a fixed split (Shchur et al.)."""
+
+    train_per_class: int = Field(20, ge=1, le=100_000)
+    val_per_class: int = Field(30, ge=0, le=100_000)
+    seed: int | None = Field(None, description="Split seed; defaults to training.seed.")
+
+
+class SyntheticSpec(_Section):
+    """A stochastic-block-model graph with class-correlated features, generated from a seed."""
+
+    num_nodes: int = Field(600, ge=10, le=1_000_000)
+    num_classes: int = Field(4, ge=2, le=1000)
+    num_features: int = Field(32, ge=1, le=100_000)
+    avg_degree: float = Field(8.0, gt=0, le=1000)
+    homophily: float = Field(0.8, ge=0, le=1, description="Share of edges that stay inside a class.")
+    feature_signal: float = Field(1.0, ge=0, le=100, description="Class-mean separation of features.")
+    num_graphs: int = Field(1, ge=1, le=1000, description=">1 gives an inductive multi-graph dataset.")
+
+
+class DatasetSpec(_Section):
+    name: str = Field(
+        "ppi",
+        description="A registry name (see `alignahead datasets`), 'npz' with a path, "
+        "'upload' with an upload_id (service), or 'synthetic'.",
+    )
+    path: str | None = Field(None, description="npz file in the GNN-benchmark layout (name 'npz').")
+    upload_id: str | None = Field(None, description="An uploaded dataset's id (name 'upload').")
+    split: SplitSpec = SplitSpec()
+    synthetic: SyntheticSpec = SyntheticSpec()
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DatasetSpec:
+        if self.name not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {self.name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+        if self.name == "npz" and not self.path:
+            raise ValueError("dataset 'npz' needs 'path' (a .npz file in the GNN-benchmark layout)")
+        if self.name != "npz" and self.path:
+            raise ValueError("'path' is only for dataset 'npz'")
+        if self.name == "upload" and not self.upload_id:
+            raise ValueError("dataset 'upload' needs 'upload_id' (from POST /v1/datasets)")
+        if self.name != "upload" and self.upload_id:
+            raise ValueError("'upload_id' is only for dataset 'upload'")
+        return self
+
+
+class StudentSpec(_Section):
+    arch: Arch = "gat"
+    count: int = Field(1, ge=1, le=16, description="How many students of this configuration.")
+    hidden_layers: int = Field(4, ge=1, le=32, description="Hidden layers; the output layer comes on top.")
+    hidden_size: int = Field(64, ge=1, le=8192, description="Units per hidden layer (per head for GAT).")
+    heads: int = Field(3, ge=1, le=64, description="GAT attention heads in hidden layers.")
+    out_heads: int = Field(3, ge=1, le=64, description="GAT heads in the output layer, averaged.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Feature dropout before every layer.")
+    residual: bool = True
+    aggregator: Literal["mean", "gcn", "pool", "lstm"] = Field("mean", description="GraphSAGE only.")
+
+
+class DistillationSpec(_Section):
+    strategy: Strategy = "alignahead"
+    alpha: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the distillation loss.")
+    tau: float = Field(100.0, gt=0.0, le=1e9, description="Bandwidth of the local-structure kernel.")
+    schedule: Schedule = Field(
+        "alternating",
+        description="'alternating': each student in turn steps over all batches (the paper's code); "
+        "'simultaneous': all students step once per batch against detached peers.",
+    )
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(300, ge=1, le=100_000)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(0.005, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(2, ge=1, le=100_000, description="Graphs per step (multi-graph datasets).")
+    eval_every: int = Field(1, ge=1, le=100_000, description="Evaluate every n epochs (and at the last).")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
+
+
+class JobSpec(_Section):
+    """What to train: one dataset, k students, a distillation strategy and a training recipe."""
+
+    name: str | None = Field(None, max_length=200)
+    dataset: DatasetSpec = DatasetSpec()
+    students: Annotated[list[StudentSpec], Field(min_length=1, max_length=16)] = [StudentSpec(count=2)]
+    distillation: DistillationSpec = DistillationSpec()
+    training: TrainingSpec = TrainingSpec()
+
+    @model_validator(mode="after")
+    def _check_students(self) -> JobSpec:
+        k = self.num_students
+        if k > 16:
+            raise ValueError(f"at most 16 students per job; got {k}")
+        if self.distillation.strategy != "none":
+            if k < 2:
+                raise ValueError(
+                    f"strategy {self.distillation.strategy!r} needs at least 2 students (got {k}); "
+                    "raise a student's 'count' or use strategy 'none'"
+                )
+            depths = sorted({s.hidden_layers for s in self.students})
+            if len(depths) > 1:
+                raise ValueError(
+                    f"strategy {self.distillation.strategy!r} pairs layers across students, so every "
+                    f"student needs the same 'hidden_layers' (got {depths}); widths and architectures "
+                    "may differ"
+                )
+        return self
+
+    @property
+    def num_students(self) -> int:
+        return sum(s.count for s in self.students)
+
+    def expanded_students(self) -> list[StudentSpec]:
+        """One entry per student, `count` unrolled."""
+        return [s.model_copy(update={"count": 1}) for s in self.students for _ in range(s.count)]
+
+    @classmethod
+    def from_data(cls, data: Any) -> JobSpec:
+        return cls.model_validate(data)
