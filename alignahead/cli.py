@@ -1,0 +1,152 @@
+"""`alignahead train SPEC` runs a job locally; `alignahead datasets` lists what can be trained on.
+
+An output folder holds spec.json, metrics.jsonl (one row per student per epoch), checkpoints/
+(student-<i>-best|final.safetensors), state.pt (for --resume) and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from alignahead.datasets import DatasetError, list_datasets, load_dataset
+from alignahead.spec import JobSpec
+from alignahead.trainer import Callbacks, Checkpoint, EpochMetrics, Trainer
+
+
+def read_spec(path: Path) -> JobSpec:
+    """A spec from YAML or JSON (JSON is YAML); errors name the field and the problem."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SystemExit(f"error: cannot read spec {path}: {e}") from e
+    try:
+        return JobSpec.model_validate(data or {})
+    except ValidationError as e:
+        raise SystemExit(f"error: invalid spec {path}:\n{format_errors(e)}") from e
+
+
+def format_errors(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+class RunFolder:
+    """Writes a run's files; metrics append as JSON lines so that a crash loses at most one epoch."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.metrics = out / "metrics.jsonl"
+        self.checkpoints = out / "checkpoints"
+        self.state = out / "state.pt"
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def write_metrics(self, rows: list[EpochMetrics]) -> None:
+        with self.metrics.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(asdict(row)) + "\n")
+
+    def write_checkpoint(self, ckpt: Checkpoint) -> None:
+        path = self.checkpoints / f"student-{ckpt.student}-{ckpt.kind}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(ckpt.data)
+        tmp.replace(path)
+
+    def write_state(self, trainer: Trainer) -> None:
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_bytes(trainer.state_bytes())
+        tmp.replace(self.state)
+
+    def truncate_metrics(self, epoch: int) -> None:
+        """Drop rows past a resumed state's epoch, so every epoch appears once."""
+        if not self.metrics.exists():
+            return
+        kept = [ln for ln in self.metrics.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= epoch]
+        self.metrics.write_text("".join(ln + "\n" for ln in kept))
+
+
+def train(args: argparse.Namespace) -> int:
+    spec = read_spec(Path(args.spec))
+    if args.device:
+        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"device": args.device})})
+    try:
+        dataset = load_dataset(spec.dataset, seed=spec.training.seed, data_dir=args.data_dir)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run = RunFolder(Path(args.out))
+    (run.out / "spec.json").write_text(spec.model_dump_json(indent=2))
+
+    bar = tqdm(total=spec.training.epochs, unit="epoch", disable=args.quiet)
+    trainer: Trainer
+
+    def on_epoch(rows: list[EpochMetrics]) -> None:
+        run.write_metrics(rows)
+        if trainer.epoch % args.state_every == 0 or trainer.epoch == spec.training.epochs:
+            run.write_state(trainer)
+        bar.update(1)
+        bar.set_postfix_str(
+            " ".join(
+                f"s{r.student}:loss={r.loss:.3f},kd={r.distill_loss:.2e}"
+                + (f",val={r.val_score:.3f}" if r.val_score is not None else "")
+                for r in rows
+            )
+        )
+
+    trainer = Trainer(spec, dataset, Callbacks(on_epoch=on_epoch, on_checkpoint=run.write_checkpoint))
+    if args.resume and run.state.exists():
+        trainer.load_state_bytes(run.state.read_bytes())
+        run.truncate_metrics(trainer.epoch)
+        bar.update(trainer.epoch)
+    elif run.metrics.exists():
+        run.metrics.unlink()
+    result = trainer.run()
+    bar.close()
+    summary = {"epochs_done": result.epochs_done, "students": [asdict(s) for s in result.students]}
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for s in result.students:
+        best = f"{s.best_val:.4f}" if s.best_val is not None else "-"
+        test = f"{s.test_at_best:.4f}" if s.test_at_best is not None else "-"
+        print(f"student {s.student} ({s.arch}): best val {best} at epoch {s.best_epoch}, test there {test}")
+    print(f"outputs in {run.out}")
+    return 0
+
+
+def datasets(_: argparse.Namespace) -> int:
+    for info in list_datasets():
+        print(f"{info.name:18} {info.kind:10} {info.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alignahead", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train the students of a job spec (YAML or JSON) locally")
+    p.add_argument("spec", help="job spec file")
+    p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
+    p.add_argument("--data-dir", default=None, help="dataset cache folder (default $ALIGNAHEAD_DATA_DIR)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override training.device")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt if present")
+    p.add_argument("--state-every", type=int, default=10, help="save state.pt every n epochs (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=train)
+    d = sub.add_parser("datasets", help="list the dataset registry")
+    d.set_defaults(func=datasets)
+    args = parser.parse_args(argv)
+    if getattr(args, "state_every", 1) < 1:
+        parser.error("--state-every must be at least 1")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
