@@ -1,0 +1,55 @@
+"""Students expose their hidden layers; checkpoints rebuild them exactly."""
+
+import dgl
+import pytest
+import torch
+
+from alignahead import load_student, save_student
+from alignahead.checkpoints import read_metadata, student_bytes
+from alignahead.models import Student, StudentConfig
+
+
+def ring(n: int = 12) -> dgl.DGLGraph:
+    src = torch.arange(n)
+    g = dgl.graph((torch.cat([src, (src + 1) % n]), torch.cat([(src + 1) % n, src])), num_nodes=n)
+    return dgl.add_self_loop(g)
+
+
+@pytest.mark.parametrize(
+    ("arch", "width"), [("gat", 8 * 3), ("gcn", 8), ("sage", 8)]
+)
+def test_forward_returns_logits_and_every_hidden_layer(arch: str, width: int) -> None:
+    cfg = StudentConfig(arch=arch, in_feats=5, num_classes=4, hidden_layers=3, hidden_size=8, heads=3)
+    logits, hidden = Student(cfg)(ring(), torch.randn(12, 5))
+    assert logits.shape == (12, 4)
+    assert [h.shape for h in hidden] == [(12, width)] * 3
+
+
+def test_residual_off_changes_the_module() -> None:
+    cfg = StudentConfig(arch="gcn", in_feats=5, num_classes=4, hidden_layers=2, hidden_size=8, residual=False)
+    model = Student(cfg)
+    assert all(r is None for r in model.residuals)
+
+
+@pytest.mark.parametrize("arch", ["gat", "gcn", "sage"])
+def test_checkpoint_reproduces_predictions_exactly(arch: str, tmp_path) -> None:
+    torch.manual_seed(1)
+    cfg = StudentConfig(arch=arch, in_feats=5, num_classes=3, hidden_layers=2, hidden_size=4, heads=2, dropout=0.3)
+    model = Student(cfg).eval()
+    g, x = ring(), torch.randn(12, 5)
+    expected = model(g, x)[0]
+    path = save_student(model, tmp_path / "s.safetensors")
+    for source in (path, path.read_bytes()):
+        loaded = load_student(source)
+        assert loaded.config == cfg
+        assert torch.equal(loaded(g, x)[0], expected)
+
+
+def test_checkpoint_metadata_and_corruption() -> None:
+    cfg = StudentConfig(arch="gcn", in_feats=2, num_classes=2, hidden_layers=1, hidden_size=3)
+    data = student_bytes(Student(cfg), {"epoch": "7"})
+    assert read_metadata(data)["epoch"] == "7"
+    with pytest.raises(ValueError, match="safetensors"):
+        load_student(b"not a checkpoint")
+    with pytest.raises(ValueError):
+        load_student(data[: len(data) // 2])
