@@ -160,9 +160,7 @@ def _simplify(src: np.ndarray, dst: np.ndarray, n: int) -> tuple[np.ndarray, np.
     return key // n, key % n
 
 
-def _graph(
-    src: np.ndarray, dst: np.ndarray, feat: np.ndarray, labels: np.ndarray, masks: Masks
-) -> dgl.DGLGraph:
+def _graph(src: np.ndarray, dst: np.ndarray, feat: np.ndarray, labels: np.ndarray, masks: Masks) -> dgl.DGLGraph:
     n = feat.shape[0]
     s, d = _simplify(src, dst, n)
     loops = np.arange(n, dtype=np.int64)
@@ -286,9 +284,7 @@ def make_synthetic(
     return _inductive("synthetic", pieces, graph_split(count, rng), c)
 
 
-def _sbm(
-    n: int, c: int, avg_degree: float, homophily: float, means: np.ndarray, rng: np.random.Generator
-) -> Piece:
+def _sbm(n: int, c: int, avg_degree: float, homophily: float, means: np.ndarray, rng: np.random.Generator) -> Piece:
     labels = rng.permutation(np.arange(n) % c)  # balanced classes, none empty since c <= n
     order = np.argsort(labels, kind="stable")  # node ids grouped by class
     sizes = np.bincount(labels, minlength=c)
@@ -357,9 +353,7 @@ def _load_dgl(name: str, folder: Path, split: SplitSpec, seed: int) -> GraphData
     cls = _guarded(getattr(dgl.data, cls_name))
     try:
         if name == "ppi":
-            parts = [
-                list(cls(mode=m, raw_dir=str(folder), verbose=False)) for m in ("train", "valid", "test")
-            ]
+            parts = [list(cls(mode=m, raw_dir=str(folder), verbose=False)) for m in ("train", "valid", "test")]
         else:
             parts = [[cls(raw_dir=str(folder), verbose=False)[0]]]
     except Exception as e:
@@ -383,9 +377,7 @@ def _load_dgl(name: str, folder: Path, split: SplitSpec, seed: int) -> GraphData
     if all(k in g.ndata for k in MASK_KEYS):  # Planetoid's public split
         masks = tuple(g.ndata[k].numpy().astype(bool) for k in MASK_KEYS)
     else:
-        masks = per_class_split(
-            labels, split.train_per_class, split.val_per_class, np.random.default_rng(seed)
-        )
+        masks = per_class_split(labels, split.train_per_class, split.val_per_class, np.random.default_rng(seed))
     return _transductive(name, *pieces[0], masks, int(labels.max()) + 1)  # type: ignore[arg-type]
 
 
@@ -533,9 +525,7 @@ def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> None
         elif version == (2, 0):
             shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
         else:
-            raise DatasetError(
-                f"{what}: array {key!r} uses .npy version {version}; re-save it with numpy.savez"
-            )
+            raise DatasetError(f"{what}: array {key!r} uses .npy version {version}; re-save it with numpy.savez")
     if dtype.hasobject:
         raise DatasetError(
             f"{what}: array {key!r} holds Python objects ({dtype}), which would need unpickling and is "
@@ -573,13 +563,10 @@ def _csr(arrays: dict[str, np.ndarray], prefix: str) -> sp.csr_matrix:
     indptr, indices = _ints(arrays, f"{prefix}_indptr"), _ints(arrays, f"{prefix}_indices")
     data = _numbers(arrays, f"{prefix}_data", 1)
     if len(indptr) != rows + 1:
-        raise DatasetError(
-            f"{prefix}_indptr has {len(indptr)} entries but {prefix}_shape needs rows + 1 = {rows + 1}"
-        )
+        raise DatasetError(f"{prefix}_indptr has {len(indptr)} entries but {prefix}_shape needs rows + 1 = {rows + 1}")
     if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
         raise DatasetError(
-            f"{prefix}_indptr must start at 0, never decrease and end at "
-            f"len({prefix}_indices) = {len(indices)}"
+            f"{prefix}_indptr must start at 0, never decrease and end at len({prefix}_indices) = {len(indices)}"
         )
     if len(data) != len(indices):
         raise DatasetError(f"{prefix}_data has {len(data)} entries but {prefix}_indices has {len(indices)}")
@@ -612,9 +599,7 @@ def _read_npz(source: str | Path | bytes, max_bytes: int) -> _Npz:
     has_csr = all(k in arrays for k in _ATTR_KEYS)
     feat = _csr(arrays, "attr") if has_csr else _numbers(arrays, "attr_matrix", 2)
     if feat.shape[0] != n or feat.shape[1] == 0:
-        raise DatasetError(
-            f"features have shape {feat.shape} but the adjacency has {n} nodes; need {n} x F, F >= 1"
-        )
+        raise DatasetError(f"features have shape {feat.shape} but the adjacency has {n} nodes; need {n} x F, F >= 1")
 
     labels, num_classes = _labels(arrays["labels"], n)
     graph_ids, num_graphs = None, 1
@@ -646,9 +631,7 @@ def _read_npz(source: str | Path | bytes, max_bytes: int) -> _Npz:
 
 def _labels(raw: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     if raw.shape[:1] != (n,) or raw.ndim not in (1, 2):
-        raise DatasetError(
-            f"labels must have shape [{n}] (classes) or [{n}, C] (0/1 multilabel), got {raw.shape}"
-        )
+        raise DatasetError(f"labels must have shape [{n}] (classes) or [{n}, C] (0/1 multilabel), got {raw.shape}")
     if raw.ndim == 2:
         if raw.dtype.kind not in "biuf" or not ((raw == 0) | (raw == 1)).all() or raw.shape[1] == 0:
             raise DatasetError("2-D (multilabel) labels must hold only 0 and 1, with at least one column")
@@ -657,9 +640,7 @@ def _labels(raw: np.ndarray, n: int) -> tuple[np.ndarray, int]:
         raise DatasetError(f"labels must be integer class ids (-1 for unlabelled), got dtype {raw.dtype}")
     labels = raw.astype(np.int64)
     if (labels < -1).any():
-        raise DatasetError(
-            f"labels contain {labels.min()}; class ids must be >= 0, or -1 for unlabelled nodes"
-        )
+        raise DatasetError(f"labels contain {labels.min()}; class ids must be >= 0, or -1 for unlabelled nodes")
     classes = np.unique(labels[labels >= 0])
     if len(classes) < 2:
         raise DatasetError(f"labels name {len(classes)} class(es); node classification needs at least 2")
@@ -672,16 +653,12 @@ def _masks(arrays: dict[str, np.ndarray], labels: np.ndarray) -> Masks | None:
     if not present:
         return None
     if len(present) != 3:
-        raise DatasetError(
-            f"the file has {', '.join(present)} but not all of {', '.join(MASK_KEYS)}; give all or none"
-        )
+        raise DatasetError(f"the file has {', '.join(present)} but not all of {', '.join(MASK_KEYS)}; give all or none")
     masks = []
     for key in MASK_KEYS:
         m = arrays[key]
         if m.shape != labels.shape[:1] or m.dtype.kind not in "biu" or not ((m == 0) | (m == 1)).all():
-            raise DatasetError(
-                f"{key} must be a boolean (or 0/1) array with one entry per node ({len(labels)})"
-            )
+            raise DatasetError(f"{key} must be a boolean (or 0/1) array with one entry per node ({len(labels)})")
         masks.append(m.astype(bool))
     train, val, test = masks
     if (train.astype(int) + val + test > 1).any():

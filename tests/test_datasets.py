@@ -260,9 +260,7 @@ def test_npz_random_split_uses_split_spec_and_seed() -> None:
     g = load_npz(source, split=split, seed=0).train[0]
     assert mask_sizes(g) == [6, 10, 24]
     pinned = SplitSpec(train_per_class=3, val_per_class=5, seed=0)
-    assert torch.equal(
-        load_npz(source, split=pinned, seed=99).train[0].ndata["train_mask"], g.ndata["train_mask"]
-    )
+    assert torch.equal(load_npz(source, split=pinned, seed=99).train[0].ndata["train_mask"], g.ndata["train_mask"])
     with pytest.raises(DatasetError, match="class 0 has only 20 labelled nodes.*50"):
         load_npz(source, seed=0)  # default 20 + 30 per class
 
@@ -321,9 +319,7 @@ HOSTILE = {
     "NaN features": (_nan_features(), "NaN"),
     "non-square adjacency": (_with(adj_shape=np.array([40, 41])), "square"),
     "features shape mismatch": (
-        _with(
-            attr_data=None, attr_indices=None, attr_indptr=None, attr_shape=None, attr_matrix=np.ones((39, 5))
-        ),
+        _with(attr_data=None, attr_indices=None, attr_indptr=None, attr_shape=None, attr_matrix=np.ones((39, 5))),
         "40 nodes",
     ),
     "labels shape mismatch": (_with(labels=np.zeros(39, np.int64)), r"shape \[40\]"),
@@ -396,9 +392,7 @@ def test_load_dataset_synthetic_and_npz(tmp_path: Path) -> None:
     spec = DatasetSpec(name="synthetic", synthetic=SyntheticSpec(num_nodes=100, num_features=8))
     data = load_dataset(spec, seed=5)
     assert isinstance(data, GraphDataset) and data.num_features == 8
-    assert torch.equal(
-        data.train[0].ndata["feat"], make_synthetic(spec.synthetic, seed=5).train[0].ndata["feat"]
-    )
+    assert torch.equal(data.train[0].ndata["feat"], make_synthetic(spec.synthetic, seed=5).train[0].ndata["feat"])
     pinned = spec.model_copy(update={"split": SplitSpec(seed=5)})
     assert torch.equal(load_dataset(pinned, seed=123).train[0].ndata["feat"], data.train[0].ndata["feat"])
 

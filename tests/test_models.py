@@ -15,9 +15,7 @@ def ring(n: int = 12) -> dgl.DGLGraph:
     return dgl.add_self_loop(g)
 
 
-@pytest.mark.parametrize(
-    ("arch", "width"), [("gat", 8 * 3), ("gcn", 8), ("sage", 8)]
-)
+@pytest.mark.parametrize(("arch", "width"), [("gat", 8 * 3), ("gcn", 8), ("sage", 8)])
 def test_forward_returns_logits_and_every_hidden_layer(arch: str, width: int) -> None:
     cfg = StudentConfig(arch=arch, in_feats=5, num_classes=4, hidden_layers=3, hidden_size=8, heads=3)
     logits, hidden = Student(cfg)(ring(), torch.randn(12, 5))

@@ -175,8 +175,9 @@ def test_two_gcn_students_on_cora_reach_published_accuracy() -> None:
     spec = JobSpec.model_validate(
         {
             "dataset": {"name": "npz", "path": str(CORA)},
-            "students": [{"arch": "gcn", "count": 2, "hidden_layers": 2, "hidden_size": 64, "dropout": 0.5,
-                          "residual": False}],
+            "students": [
+                {"arch": "gcn", "count": 2, "hidden_layers": 2, "hidden_size": 64, "dropout": 0.5, "residual": False}
+            ],
             "distillation": {"strategy": "alignahead", "alpha": 1.0},
             "training": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4, "device": "cpu", "seed": 0},
         }
