@@ -105,7 +105,10 @@ def train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(spec, dataset, Callbacks(on_epoch=on_epoch, on_checkpoint=run.write_checkpoint))
     if args.resume and run.state.exists():
-        trainer.load_state_bytes(run.state.read_bytes())
+        try:
+            trainer.load_state_bytes(run.state.read_bytes())
+        except ValueError as e:
+            raise SystemExit(f"error: cannot resume from {run.state}: {e}") from e
         run.truncate_metrics(trainer.epoch)
         bar.update(trainer.epoch)
     elif run.metrics.exists():

@@ -1,0 +1,101 @@
+"""`alignahead train` writes metrics and checkpoints, resumes, and refuses bad specs up front."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignahead import JobSpec, load_student
+from alignahead.cli import main
+from alignahead.datasets import load_dataset
+from alignahead.trainer import Trainer
+
+SPEC = {
+    "dataset": {"name": "synthetic", "synthetic": {"num_nodes": 200, "num_features": 8}},
+    "students": [
+        {"arch": "gat", "hidden_layers": 2, "hidden_size": 8, "heads": 2},
+        {"arch": "gcn", "hidden_layers": 2},
+    ],
+    "distillation": {"tau": 10.0},
+    "training": {"epochs": 6, "lr": 0.01, "device": "cpu"},
+}
+
+
+def write_spec(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def read_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_metrics_checkpoints_and_summary(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", str(write_spec(tmp_path, SPEC)), "--out", str(out), "--quiet"]) == 0
+    rows = read_rows(out)
+    assert [(r["epoch"], r["student"]) for r in rows] == [(e, s) for e in range(1, 7) for s in (0, 1)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_done"] == 6
+    assert [s["arch"] for s in summary["students"]] == ["gat", "gcn"]
+    for i in (0, 1):
+        for kind in ("best", "final"):
+            assert load_student(out / "checkpoints" / f"student-{i}-{kind}.safetensors").arch == ["gat", "gcn"][i]
+    assert "student 1 (gcn): best val" in capsys.readouterr().out
+
+
+def test_resume_after_interruption(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path, SPEC)
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(["train", str(spec_path), "--out", str(a), "--quiet"])
+    # a run that died during epoch 5: state of epoch 4 on disk, and a metrics row past it
+    spec = JobSpec.model_validate(SPEC)
+    trainer = Trainer(spec, load_dataset(spec.dataset, seed=spec.training.seed))
+    trainer.run(stop_after=4)
+    b.mkdir()
+    (b / "state.pt").write_bytes(trainer.state_bytes())
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in read_rows(a)[: 5 * 2 - 1]))
+    assert main(["train", str(spec_path), "--out", str(b), "--quiet", "--resume"]) == 0
+    strip = lambda rows: [{**r, "seconds": 0} for r in rows]  # noqa: E731
+    assert strip(read_rows(b)) == strip(read_rows(a))
+
+
+def test_resume_refuses_the_state_of_another_spec(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    main(["train", str(write_spec(tmp_path, SPEC)), "--out", str(out), "--quiet"])
+    longer = write_spec(tmp_path, {**SPEC, "training": {**SPEC["training"], "epochs": 9}})
+    with pytest.raises(SystemExit, match="different job spec"):
+        main(["train", str(longer), "--out", str(out), "--quiet", "--resume"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"dataset": {"name": "nope"}}, "unknown dataset 'nope'"),
+        ({"students": [{"arch": "gcn", "count": 1}]}, "needs at least 2 students"),
+        ({"students": [{"hidden_size": -1, "count": 2}]}, "students.0.hidden_size"),
+    ],
+)
+def test_bad_spec_fails_before_training(tmp_path: Path, spec: dict, message: str) -> None:
+    with pytest.raises(SystemExit) as err:
+        main(["train", str(write_spec(tmp_path, spec)), "--out", str(tmp_path / "o")])
+    assert message in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_npz_fails_before_training(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    spec = {**SPEC, "dataset": {"name": "npz", "path": str(bad)}}
+    assert main(["train", str(write_spec(tmp_path, spec)), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.npz" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_datasets_lists_the_registry(capsys) -> None:
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ppi", "coauthor-cs", "amazon-photo", "cora", "npz", "synthetic"):
+        assert name in out
