@@ -50,7 +50,17 @@ class SyntheticSpec(_Section):
     avg_degree: float = Field(8.0, gt=0, le=1000)
     homophily: float = Field(0.8, ge=0, le=1, description="Share of edges that stay inside a class.")
     feature_signal: float = Field(1.0, ge=0, le=100, description="Class-mean separation of features.")
-    num_graphs: int = Field(1, ge=1, le=1000, description=">1 gives an inductive multi-graph dataset.")
+    num_graphs: int = Field(
+        1, ge=1, le=1000, description="1: one graph split by nodes; >=3: graphs split into train/val/test."
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SyntheticSpec:
+        if self.num_classes > self.num_nodes:
+            raise ValueError(f"num_classes ({self.num_classes}) exceeds num_nodes ({self.num_nodes}), nodes per graph")
+        if self.num_graphs == 2:
+            raise ValueError("num_graphs 2 cannot fill train, val and test; use 1 or at least 3")
+        return self
 
 
 class DatasetSpec(_Section):
