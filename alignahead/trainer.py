@@ -292,6 +292,7 @@ class Trainer:
         run_epoch = (
             self._epoch_alternating if self.spec.distillation.schedule == "alternating" else self._epoch_simultaneous
         )
+        last_vals: list[float | None] | None = None  # the final epoch is always evaluated
         try:
             while self.epoch < last:
                 losses = run_epoch()
@@ -308,11 +309,12 @@ class Trainer:
                     rows.append(
                         EpochMetrics(self.epoch, i, loss, task, distill, scores["train"], val, scores["test"], seconds)
                     )
+                last_vals = [r.val_score for r in rows]
                 if self.callbacks.on_epoch:
                     self.callbacks.on_epoch(rows)
-            if self.epoch == t.epochs:
+            if self.epoch == t.epochs and self.callbacks.on_checkpoint:
                 for i in range(len(self.students)):
-                    self._emit(i, "final", self.evaluate(i)["val"])
+                    self._emit(i, "final", last_vals[i] if last_vals else self.evaluate(i)["val"])
         except _Cancelled:
             return TrainResult(True, self.epoch, self.summaries)
         return TrainResult(False, self.epoch, self.summaries)
