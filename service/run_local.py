@@ -1,0 +1,105 @@
+"""One command for a laptop: migrate, start one Celery worker, serve the API; Ctrl-C stops both.
+
+    python -m service.run_local [--host 127.0.0.1] [--port 8000]
+
+Uses the same ALIGNAHEAD_* settings as everything else; the defaults keep the database and the
+broker in SQLite files under ./var, so nothing else needs to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import uvicorn
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+from service.app import create_app
+from service.broker import is_sqla_broker
+from service.settings import QUEUES, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("alignahead.run_local")
+
+
+def upgrade_database(settings: Settings) -> None:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = settings.database_url
+    command.upgrade(cfg, "head")
+
+
+def worker_command(settings: Settings) -> list[str]:
+    queues = ",".join(settings.queue_name(q) for q in QUEUES)
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues,
+            "--pool", "solo", "--loglevel", "INFO", "-n", "local@%h"]  # fmt: skip
+    if is_sqla_broker(settings.broker_url):  # no fanout on the SQL transport
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return argv
+
+
+def _absolute_sqlite(url: str) -> str:
+    """The same URL with an absolute SQLite path, so the API and the worker open the same file."""
+    prefix, rest = url.split("+", 1) if is_sqla_broker(url) else ("", url)
+    parsed = make_url(rest)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    path = Path(parsed.database).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    absolute = parsed.set(database=str(path)).render_as_string(hide_password=False)
+    return f"{prefix}+{absolute}" if prefix else absolute
+
+
+def stop(worker: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    if worker.poll() is not None:
+        return
+    worker.terminate()  # warm shutdown: a running job finishes its step and is re-sent later
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=settings.api_host)
+    parser.add_argument("--port", type=int, default=settings.api_port)
+    parser.add_argument("--no-worker", action="store_true", help="serve the API only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    settings = settings.model_copy(
+        update={
+            "database_url": _absolute_sqlite(settings.database_url),
+            "broker_url": _absolute_sqlite(settings.broker_url),
+        }
+    )
+    upgrade_database(settings)
+    worker = None
+    if not args.no_worker:
+        env = {
+            **os.environ,
+            "DGLBACKEND": "pytorch",
+            "ALIGNAHEAD_DATABASE_URL": settings.database_url,
+            "ALIGNAHEAD_BROKER_URL": settings.broker_url,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        worker = subprocess.Popen(worker_command(settings), env=env)
+        log.info("worker started (pid %d); API on http://%s:%d/docs", worker.pid, args.host, args.port)
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+    finally:
+        if worker is not None:
+            stop(worker)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Response bodies of the API (the request body of POST /v1/jobs is alignahead's JobSpec itself)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alignahead.spec import JobSpec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+CheckpointKind = Literal["best", "final"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What went wrong and how to fix it.")
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="Epochs finished so far.")
+    total: int = Field(description="Epochs the job trains for.")
+
+
+class StudentOut(BaseModel):
+    student: int
+    arch: str
+    best_val: float | None = Field(None, description="Best validation score so far.")
+    best_epoch: int | None = Field(None, description="The epoch of best_val.")
+    test_at_best: float | None = Field(None, description="Test score at best_epoch.")
+
+
+class JobSummaryOut(BaseModel):
+    id: str
+    name: str | None
+    status: JobStatus
+    queue: Literal["cpu", "gpu"]
+    progress: Progress
+    attempts: int = Field(description="Deliveries that started the job; >1 after a worker died.")
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    error: str | None = Field(description="Why a failed job failed.")
+
+
+class JobOut(JobSummaryOut):
+    students: list[StudentOut]
+    spec: JobSpec
+
+
+class JobPage(BaseModel):
+    jobs: list[JobSummaryOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")
+
+
+class MetricOut(_Out):
+    seq: int = Field(description="Increases with every stored row; poll with since=<last seq>.")
+    epoch: int
+    student: int
+    loss: float
+    task_loss: float
+    distill_loss: float
+    train_score: float | None
+    val_score: float | None
+    test_score: float | None
+    seconds: float
+    created_at: datetime
+
+
+class MetricPage(BaseModel):
+    job_id: str
+    rows: list[MetricOut]
+    next_since: int = Field(description="The `since` of the next poll.")
+
+
+class CheckpointOut(_Out):
+    kind: CheckpointKind
+    epoch: int
+    score: float | None = Field(description="Validation score at that epoch.")
+    size: int
+    sha256: str
+    created_at: datetime
+    url: str
+
+
+class StudentCheckpoints(BaseModel):
+    student: int
+    best: CheckpointOut | None
+    final: CheckpointOut | None
+
+
+class CheckpointList(BaseModel):
+    job_id: str
+    students: list[StudentCheckpoints]
+
+
+class DatasetSummary(BaseModel):
+    num_nodes: int
+    num_edges: int
+    num_features: int
+    num_classes: int
+    multilabel: bool
+    num_graphs: int
+    has_split: bool
+
+
+class UploadOut(_Out):
+    id: str
+    filename: str | None
+    size: int
+    sha256: str
+    created_at: datetime
+    summary: DatasetSummary
+    dataset_spec: dict[str, Any] = Field(description="Use as the job spec's `dataset` section.")
+
+
+class BuiltinDataset(BaseModel):
+    name: str
+    kind: str
+    description: str
+
+
+class DatasetList(BaseModel):
+    uploads: list[UploadOut]
+    next_cursor: str | None
+    builtin: list[BuiltinDataset]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,102 @@
+"""ORM rows -> response bodies; the one place that knows how a stored row is shown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alignahead.spec import JobSpec
+from service.models import CheckpointRow, Job, MetricRow, Upload
+from service.schemas import (
+    CheckpointList,
+    CheckpointOut,
+    JobOut,
+    JobSummaryOut,
+    MetricOut,
+    MetricPage,
+    Progress,
+    StudentCheckpoints,
+    StudentOut,
+    UploadOut,
+)
+
+
+def job_summary(job: Job) -> JobSummaryOut:
+    return JobSummaryOut(
+        id=job.id,
+        name=job.name,
+        status=job.status,  # type: ignore[arg-type]
+        queue=job.queue,  # type: ignore[arg-type]
+        progress=Progress(epoch=job.epochs_done, total=job.epochs_total),
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested_at is not None,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+        error=job.error,
+    )
+
+
+def job_detail(job: Job) -> JobOut:
+    spec = JobSpec.model_validate(job.spec)
+    if job.result:
+        students = [StudentOut.model_validate(s) for s in job.result]
+    else:  # nothing evaluated yet
+        students = [StudentOut(student=i, arch=s.arch) for i, s in enumerate(spec.expanded_students())]
+    return JobOut(**job_summary(job).model_dump(), students=students, spec=spec)
+
+
+def metric_page(job_id: str, rows: Sequence[MetricRow], since: int) -> MetricPage:
+    out = [
+        MetricOut(
+            seq=r.id,
+            epoch=r.epoch,
+            student=r.student,
+            loss=r.loss,
+            task_loss=r.task_loss,
+            distill_loss=r.distill_loss,
+            train_score=r.train_score,
+            val_score=r.val_score,
+            test_score=r.test_score,
+            seconds=r.seconds,
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
+    return MetricPage(job_id=job_id, rows=out, next_since=out[-1].seq if out else since)
+
+
+def checkpoint_url(job_id: str, student: int, kind: str) -> str:
+    return f"/v1/jobs/{job_id}/checkpoints/{student}/{kind}"
+
+
+def checkpoint_list(job: Job, rows: Sequence[CheckpointRow]) -> CheckpointList:
+    students = {
+        i: StudentCheckpoints(student=i, best=None, final=None)
+        for i in range(JobSpec.model_validate(job.spec).num_students)
+    }
+    for r in rows:
+        entry = students.setdefault(r.student, StudentCheckpoints(student=r.student, best=None, final=None))
+        out = CheckpointOut(
+            kind=r.kind,  # type: ignore[arg-type]
+            epoch=r.epoch,
+            score=r.score,
+            size=r.size,
+            sha256=r.sha256,
+            created_at=r.created_at,
+            url=checkpoint_url(job.id, r.student, r.kind),
+        )
+        setattr(entry, r.kind, out)
+    return CheckpointList(job_id=job.id, students=[students[i] for i in sorted(students)])
+
+
+def upload_out(upload: Upload) -> UploadOut:
+    return UploadOut(
+        id=upload.id,
+        filename=upload.filename,
+        size=upload.size,
+        sha256=upload.sha256,
+        created_at=upload.created_at,
+        summary=upload.summary,  # type: ignore[arg-type]
+        dataset_spec={"name": "upload", "upload_id": upload.id},
+    )

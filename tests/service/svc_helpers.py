@@ -1,0 +1,207 @@
+"""Helpers of the job-service tests: specs, npz files, worker processes, an API client wrapper.
+
+The fixtures that use them are in conftest.py; the backends are described there.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from alembic import command
+from alembic.config import Config
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("ALIGNAHEAD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("ALIGNAHEAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+# Short intervals so crash recovery is observable within seconds.
+FAST = {
+    "heartbeat_seconds": 0.5,
+    "stale_after_seconds": 4.0,
+    "sweep_interval_seconds": 1.0,
+    "queued_grace_seconds": 60.0,
+    "cancel_poll_seconds": 0.2,
+    "state_every_epochs": 1,
+    # one thread per worker: two cores are shared with the test process (and whatever else runs)
+    "torch_threads": 1,
+}
+
+
+def small_spec(epochs: int = 5, **training: Any) -> dict[str, Any]:
+    return {
+        "dataset": {"name": "synthetic", "synthetic": {"num_nodes": 200, "num_features": 16}},
+        "students": [{"arch": "gcn", "count": 2, "hidden_layers": 2, "hidden_size": 16}],
+        "training": {"epochs": epochs, "device": "cpu", **training},
+    }
+
+
+def long_spec(epochs: int = 300, num_nodes: int = 1500, width: int = 32) -> dict[str, Any]:
+    return {
+        "dataset": {"name": "synthetic", "synthetic": {"num_nodes": num_nodes, "num_features": width}},
+        "students": [{"arch": "gcn", "count": 2, "hidden_layers": 2, "hidden_size": width}],
+        "training": {"epochs": epochs, "device": "cpu"},
+    }
+
+
+def npz_bytes(n: int = 60, classes: int = 3, seed: int = 0, **extra: Any) -> bytes:
+    """A valid graph in the GNN-benchmark npz layout: a ring plus chords, CSR features."""
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([np.arange(n), np.arange(n)])
+    cols = np.concatenate([(np.arange(n) + 1) % n, (np.arange(n) + 7) % n])
+    adj = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n))
+    attr = sp.csr_matrix(rng.random((n, 8)).astype(np.float32))
+    arrays = {
+        "adj_data": adj.data,
+        "adj_indices": adj.indices,
+        "adj_indptr": adj.indptr,
+        "adj_shape": np.array(adj.shape),
+        "attr_data": attr.data,
+        "attr_indices": attr.indices,
+        "attr_indptr": attr.indptr,
+        "attr_shape": np.array(attr.shape),
+        "labels": np.arange(n) % classes,
+        **extra,
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"ALIGNAHEAD_{name.upper()}"] = str(value)
+    env["DGLBACKEND"] = "pytorch"
+    env["OMP_NUM_THREADS"] = str(settings.torch_threads or 1)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def migrate(database_url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = database_url
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+    return cfg
+
+
+class Worker:
+    """`celery -A worker.app worker` as a subprocess, its log in a file."""
+
+    def __init__(self, settings: Settings, log_path: Path, name: str) -> None:
+        self.log_path = log_path
+        queues = ",".join(settings.queue_name(q) for q in ("cpu", "gpu"))
+        argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues, "--pool", "solo",
+                "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
+                "-n", f"{name}@%h"]  # fmt: skip
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no warm shutdown, no message handed back; as a crash or the OOM killer would."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM: a warm shutdown, as `docker stop` or Ctrl-C does."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def stop(self) -> None:
+        """At teardown nothing needs a graceful exit (an idle warm shutdown costs seconds on SQL)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        if not self._log.closed:
+            self._log.close()
+
+
+@dataclass
+class Service:
+    """An API client over one backend, with helpers to submit and wait."""
+
+    name: str
+    settings: Settings
+    client: TestClient
+    engine: Engine
+    workdir: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        r = self.client.post("/v1/jobs", json=spec)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        r = self.client.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait(self, job_id: str, until: Any = FINISHED, timeout: float = 120.0) -> dict[str, Any]:
+        """Poll until the job's status is in `until` (or `until(job)` is true)."""
+        check = until if callable(until) else (lambda j: j["status"] in until)
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if check(job):
+                return job
+            if time.monotonic() > deadline:
+                logs = "\n".join(w.log()[-3000:] for w in self.workers)
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}\n{logs}")
+            time.sleep(0.1)
+
+    def metrics(self, job_id: str, **params: Any) -> dict[str, Any]:
+        r = self.client.get(f"/v1/jobs/{job_id}/metrics", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def upload(self, data: bytes, filename: str = "graph.npz") -> Any:
+        return self.client.post("/v1/datasets", files={"file": (filename, data, "application/octet-stream")})
+
+
+def embedded_settings(folder: Path, **overrides: Any) -> Settings:
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {
+        "database_url": f"sqlite:///{folder / 'alignahead.db'}",
+        "broker_url": f"sqla+sqlite:///{folder / 'broker.db'}",
+        "data_dir": str(folder / "data"),  # empty: built-in datasets cannot be found offline
+        "queue_prefix": f"t{uuid.uuid4().hex[:8]}.",
+        **FAST,
+        **overrides,
+    }
+    return Settings(**values)

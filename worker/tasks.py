@@ -1,0 +1,33 @@
+"""The one task: run a job by id. The message carries only the id; the database holds the rest."""
+
+from __future__ import annotations
+
+import logging
+
+from service.broker import RUN_JOB, enqueue
+from worker import store
+from worker.app import app
+from worker.context import get_worker_context, shutting_down
+from worker.runner import JobRunner
+
+log = logging.getLogger("alignahead.worker")
+
+
+@app.task(name=RUN_JOB)
+def run_job(job_id: str) -> str:
+    """Claim the job and run it; a delivery that cannot claim it (a duplicate) is dropped."""
+    ctx = get_worker_context(app)
+    if shutting_down.is_set():  # a warm shutdown still drains messages; leave this one to the next worker
+        with ctx.tx() as s:
+            queue = store.queue_of(s, job_id)
+        if queue is not None:
+            enqueue(ctx.celery, ctx.settings, job_id, queue)
+        return "deferred"
+    with ctx.tx() as s:
+        claim = store.claim(s, job_id, stale_after_seconds=ctx.settings.stale_after_seconds, worker=ctx.name)
+    if claim is None:
+        log.info("job %s: not claimable (finished, cancelled, unknown or running elsewhere); dropped", job_id)
+        return "dropped"
+    if claim.attempts > 1:
+        log.warning("job %s: attempt %d, resuming after a lost worker", job_id, claim.attempts)
+    return JobRunner(ctx, claim).run()
