@@ -13,7 +13,16 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from svc_helpers import FAST, PG_ADMIN_URL, REDIS_URL, Service, Worker, embedded_settings, migrate
+from svc_helpers import (
+    FAST,
+    PG_ADMIN_URL,
+    REDIS_URL,
+    Service,
+    Worker,
+    embedded_settings,
+    migrate,
+    temporary_postgres_database,
+)
 
 from service.app import create_app
 from service.db import make_engine
@@ -50,17 +59,8 @@ def one_torch_thread() -> Iterator[None]:
 def postgres_database() -> Iterator[str]:
     """A fresh, uniquely named PostgreSQL database for this session, dropped afterwards."""
     _postgres_and_redis_or_skip()
-    import psycopg
-
-    name = f"alignahead_test_{uuid.uuid4().hex[:10]}"
-    admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_postgres_database("alignahead_test") as url:
+        yield url
 
 
 def _redis_cleanup(prefix: str) -> None:

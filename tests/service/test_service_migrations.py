@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect
-from svc_helpers import PG_ADMIN_URL, migrate
+from svc_helpers import PG_ADMIN_URL, migrate, temporary_postgres_database
 
 from service.db import make_engine
 from service.models import Base
@@ -27,14 +26,8 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         psycopg.connect(admin, connect_timeout=3).close()
     except Exception as e:
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL} ({type(e).__name__}: {e}); CI provides it")
-    name = f"alignahead_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_postgres_database("alignahead_mig") as url:
+        yield url
 
 
 def test_upgrade_head_builds_the_models_schema(empty_database: str) -> None:
