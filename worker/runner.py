@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import asdict
 from typing import Any
 
 from alignahead.datasets import DatasetError, load_dataset
@@ -60,25 +61,6 @@ class Heartbeat:
                 log.warning("heartbeat of job %s failed", self.claim.job_id, exc_info=True)
 
 
-class BestTracker:
-    """Per-student best validation score, the rule the trainer uses (strictly better), so a running
-    job's summaries are readable before the trainer's final ones arrive."""
-
-    def __init__(self, spec: JobSpec, start: list[dict[str, Any]] | None) -> None:
-        self.rows = [{"student": i, "arch": s.arch} for i, s in enumerate(spec.expanded_students())]
-        for r in self.rows:
-            r.update(best_val=None, best_epoch=None, test_at_best=None)
-        for b in start or []:
-            self.rows[b["student"]].update(b)
-
-    def update(self, metrics: list[EpochMetrics]) -> list[dict[str, Any]]:
-        for m in metrics:
-            row = self.rows[m.student]
-            if m.val_score is not None and (row["best_val"] is None or m.val_score > row["best_val"]):
-                row.update(best_val=m.val_score, best_epoch=m.epoch, test_at_best=m.test_score)
-        return [dict(r) for r in self.rows]
-
-
 class JobRunner:
     def __init__(self, ctx: WorkerContext, claim: store.Claim) -> None:
         self.ctx = ctx
@@ -87,7 +69,6 @@ class JobRunner:
         self.settings = ctx.settings
         self.trainer: Trainer | None = None
         self.heartbeat: Heartbeat | None = None
-        self.best: BestTracker
         self._cancel = False
         self._lost = False
         self._suspend = False
@@ -111,16 +92,7 @@ class JobRunner:
             return self._finish("failed", error=error_message(e))
         finally:
             self._release_device()
-        summaries = [
-            {
-                "student": s.student,
-                "arch": s.arch,
-                "best_val": s.best_val,
-                "best_epoch": s.best_epoch,
-                "test_at_best": s.test_at_best,
-            }
-            for s in result.students
-        ]
+        summaries = [asdict(s) for s in result.students]
         if result.cancelled and self._suspend and not self._cancel:
             return self._hand_back()
         status = "cancelled" if result.cancelled else "succeeded"
@@ -141,7 +113,6 @@ class JobRunner:
         self.spec = JobSpec.model_validate(self.claim.spec)
         with self.ctx.tx() as s:
             point = store.prepare_resume(s, self.claim, [st.arch for st in self.spec.expanded_students()])
-        self.best = BestTracker(self.spec, point.best)
         dataset = load_dataset(
             self.spec.dataset,
             seed=self.spec.training.seed,
@@ -160,7 +131,6 @@ class JobRunner:
                 log.warning("job %s: stored training state unusable; starting over", self.claim.job_id, exc_info=True)
                 with self.ctx.tx() as s:
                     store.reset_progress(s, self.claim)
-                self.best = BestTracker(self.spec, None)
                 self.trainer = Trainer(self.spec, dataset, callbacks)
         return self.trainer.run()
 
@@ -190,28 +160,12 @@ class JobRunner:
 
     def _on_epoch(self, metrics: list[EpochMetrics]) -> None:
         epoch = metrics[0].epoch
-        summaries = self.best.update(metrics)
+        assert self.trainer is not None  # callbacks fire only inside trainer.run()
+        summaries = [asdict(s) for s in self.trainer.summaries]  # updated before on_epoch is called
         state = None
-        if (
-            self.trainer is not None
-            and epoch % self.settings.state_every_epochs == 0
-            and epoch < self.spec.training.epochs
-        ):
+        if epoch % self.settings.state_every_epochs == 0 and epoch < self.spec.training.epochs:
             state = self.trainer.state_bytes()  # consistent here: the epoch is complete
-        rows = [
-            {
-                "epoch": m.epoch,
-                "student": m.student,
-                "loss": m.loss,
-                "task_loss": m.task_loss,
-                "distill_loss": m.distill_loss,
-                "train_score": m.train_score,
-                "val_score": m.val_score,
-                "test_score": m.test_score,
-                "seconds": m.seconds,
-            }
-            for m in metrics
-        ]
+        rows = [asdict(m) for m in metrics]
         with self.ctx.tx() as s:
             if not store.record_epoch(s, self.claim, rows, epochs_done=epoch, summaries=summaries, state=state):
                 self._lost = True

@@ -35,7 +35,6 @@ class Claim:
 class ResumePoint:
     epoch: int  # epochs already done and kept
     state: bytes | None  # the trainer state at that epoch
-    best: list[dict[str, Any]] | None  # per-student summaries up to that epoch
 
 
 def claim(session: Session, job_id: str, *, stale_after_seconds: float, worker: str) -> Claim | None:
@@ -113,7 +112,7 @@ def prepare_resume(session: Session, claim: Claim, arches: Sequence[str]) -> Res
     )
     best = _best_from_metrics(session, claim.job_id, arches) if epoch else None
     _fence(session, claim, epochs_done=epoch, result=best)
-    return ResumePoint(epoch, state.data if state is not None else None, best)
+    return ResumePoint(epoch, state.data if state is not None else None)
 
 
 def _best_from_metrics(session: Session, job_id: str, arches: Sequence[str]) -> list[dict[str, Any]]:
