@@ -115,7 +115,11 @@ def train(args: argparse.Namespace) -> int:
         run.metrics.unlink()
     result = trainer.run()
     bar.close()
-    summary = {"epochs_done": result.epochs_done, "students": [asdict(s) for s in result.students]}
+    summary = {
+        "epochs_done": result.epochs_done,
+        "students": [asdict(s) for s in result.students],
+        "dataset": dataset.preprocessing,  # the features, component and classes the students saw
+    }
     (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     for s in result.students:
         best = f"{s.best_val:.4f}" if s.best_val is not None else "-"

@@ -3,8 +3,8 @@
 Every source ends up as the same `GraphDataset`, so trainers never branch on where a graph came from.
 Rules that hold for every graph (and that trainers may rely on):
 
-- ndata 'feat' float32 [N, F] as stored (no normalisation); 'label' int64 [N] or, multilabel, float32 [N, C];
-  'train_mask', 'val_mask', 'test_mask' bool [N], pairwise disjoint.
+- ndata 'feat' float32 [N, F] as stored, or row-normalised (`dataset.features`); 'label' int64 [N] or,
+  multilabel, float32 [N, C]; 'train_mask', 'val_mask', 'test_mask' bool [N], pairwise disjoint.
 - Edges are symmetrised and deduplicated, and every node has exactly one self-loop, so GCN/GAT never meet
   a node without in-edges.
 - npz labels -1 mean "unlabelled": such nodes keep label -1 and are in no mask. Other class ids are
@@ -15,6 +15,12 @@ Rules that hold for every graph (and that trainers may rely on):
   validation, the rest test (Shchur et al. 2018). Multilabel graphs draw train_per_class * C and
   val_per_class * C nodes at random instead. Multi-graph files without masks, and multi-graph synthetic
   data, split whole graphs about 70/15/15 with at least one graph per split (`graph_split`).
+- Preprocessing of a single graph, in this order (`_prepare`): the largest connected component
+  (`dataset.largest_component`), then classes too small for the split removed (`split.small_classes`,
+  then the largest component again), class ids remapped to 0..C-1, features row-normalised
+  (`dataset.features`), and last the split, drawn inside what is left. Unset options take the
+  dataset's literature default (`default_features`, `default_largest_component`); what was applied is
+  in `GraphDataset.preprocessing`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +44,7 @@ import torch
 os.environ.setdefault("DGLBACKEND", "pytorch")
 import dgl  # noqa: E402
 
-from alignahead.spec import DATASET_NAMES, DatasetSpec, SplitSpec, SyntheticSpec  # noqa: E402
+from alignahead.spec import DATASET_NAMES, DatasetSpec, Features, SplitSpec, SyntheticSpec  # noqa: E402
 
 MAX_BYTES = 2 * 1024**3  # cap on an npz's uncompressed size and on dense feature matrices
 DOWNLOAD_TIMEOUT_S = 10.0  # how long to wait for DGL's server before calling the machine offline
@@ -68,6 +74,8 @@ class GraphDataset:
     train: list[dgl.DGLGraph]
     val: list[dgl.DGLGraph]
     test: list[dgl.DGLGraph]
+    # what loading did to the source, for logs and reports: features, largest_component, nodes kept, ...
+    preprocessing: dict[str, object] = field(default_factory=dict)
 
     @property
     def transductive(self) -> bool:
@@ -105,6 +113,39 @@ _REGISTRY: dict[str, tuple[str, str | None, str]] = {
 }
 
 
+# Datasets whose features are bag-of-words counts or 0/1 indicators: Kipf & Welling (GCN) and Velickovic et al.
+# (GAT) divide each row by its sum (DGL ships the Planetoid graphs that way already, so it is idempotent
+# there). PPI's features (gene sets and positional values) and the synthetic Gaussian features have
+# signs and scale that carry signal; they stay raw.
+_ROW_NORMALIZED = frozenset(
+    {
+        "cora",
+        "citeseer",
+        "pubmed",
+        "coauthor-cs",
+        "coauthor-physics",
+        "amazon-computers",
+        "amazon-photo",
+        "npz",
+        "upload",
+    }
+)
+# Shchur et al. evaluate the GNN-benchmark graphs on their largest connected component. The Planetoid
+# public splits are defined on the whole graph, so those stay whole; generated graphs stay as generated.
+_LARGEST_COMPONENT = frozenset({"coauthor-cs", "coauthor-physics", "amazon-computers", "amazon-photo", "npz", "upload"})
+
+
+def default_features(name: str) -> Features:
+    """`dataset.features` when unset: 'row-normalized' for bag-of-words graphs, else 'raw'."""
+    return "row-normalized" if name in _ROW_NORMALIZED else "raw"
+
+
+def default_largest_component(name: str, *, has_masks: bool, num_graphs: int = 1) -> bool:
+    """`dataset.largest_component` when unset: on for the GNN-benchmark graphs (Shchur et al.) drawn by a
+    random split; off when the source fixes its own split (masks), for several graphs, and for the rest."""
+    return name in _LARGEST_COMPONENT and not has_masks and num_graphs == 1
+
+
 def list_datasets() -> list[DatasetInfo]:
     return [DatasetInfo(name, kind, text) for name, (kind, _, text) in _REGISTRY.items()]
 
@@ -123,11 +164,13 @@ def load_dataset(
 ) -> GraphDataset:
     """Build a job's dataset; `seed` drives splits and synthetic graphs unless split.seed is set."""
     split_seed = seed if spec.split.seed is None else spec.split.seed
+    options = {"features": spec.features, "largest_component": spec.largest_component}
     if spec.name == "synthetic":
-        return make_synthetic(spec.synthetic, seed=split_seed, split=spec.split)
+        return make_synthetic(spec.synthetic, seed=split_seed, split=spec.split, **options)
     if spec.name == "npz":
         assert spec.path is not None  # DatasetSpec guarantees it
-        return load_npz(spec.path, name=f"npz:{Path(spec.path).stem}", split=spec.split, seed=split_seed)
+        name = f"npz:{Path(spec.path).stem}"
+        return load_npz(spec.path, name=name, split=spec.split, seed=split_seed, kind="npz", **options)
     if spec.name == "upload":
         if resolve_upload is None:
             raise DatasetError(
@@ -141,10 +184,11 @@ def load_dataset(
                 f"unknown upload_id {spec.upload_id!r} ({e}); list uploads with GET /v1/datasets "
                 "or upload the file again with POST /v1/datasets"
             ) from e
-        return load_npz(source, name=f"upload:{spec.upload_id}", split=spec.split, seed=split_seed)
+        name = f"upload:{spec.upload_id}"
+        return load_npz(source, name=name, split=spec.split, seed=split_seed, kind="upload", **options)
     if spec.name in _REGISTRY and _REGISTRY[spec.name][1]:
         folder = Path(data_dir) if data_dir is not None else default_data_dir()
-        return _load_dgl(spec.name, folder.expanduser(), spec.split, split_seed)
+        return _load_dgl(spec.name, folder.expanduser(), spec.split, split_seed, **options)
     raise DatasetError(f"unknown dataset {spec.name!r}; choose one of: {', '.join(DATASET_NAMES)}")
 
 
@@ -209,11 +253,12 @@ def per_class_split(
         t, v = train_per_class, val_per_class
         if clamp:
             t, v = max(1, min(t, len(nodes) // 3)), min(v, len(nodes) // 3)
-        elif len(nodes) < t + v:
+        elif len(nodes) <= t + v:
             raise DatasetError(
                 f"class {c} has only {len(nodes)} labelled nodes, but the split takes train_per_class + "
-                f"val_per_class = {t + v} per class; lower split.train_per_class/val_per_class "
-                "or give train_mask/val_mask/test_mask in the file"
+                f"val_per_class = {t + v} per class and needs one more for test; lower "
+                "split.train_per_class/val_per_class, set split.small_classes to 'drop' (remove such "
+                "classes, as Shchur et al. do) or give train_mask/val_mask/test_mask in the file"
             )
         train[nodes[:t]], val[nodes[t : t + v]], test[nodes[t + v :]] = True, True, True
     if not test.any():
@@ -233,38 +278,146 @@ def graph_split(num_graphs: int, rng: np.random.Generator) -> np.ndarray:
     return which[rng.permutation(num_graphs)]
 
 
-def _transductive(
+def row_normalize(feat: np.ndarray | sp.spmatrix) -> np.ndarray | sp.csr_matrix:
+    """Each row divided by the sum of its absolute values (for bag-of-words: by its sum), in float64 and
+    back to float32; all-zero rows (e.g. CiteSeer's nodes without text) stay zero instead of NaN."""
+    if sp.issparse(feat):
+        feat = sp.csr_matrix(feat, dtype=np.float64)
+        sums = np.asarray(abs(feat).sum(1)).ravel()
+    else:
+        feat = np.asarray(feat, dtype=np.float64)
+        sums = np.abs(feat).sum(1)
+    inv = np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)
+    if sp.issparse(feat):
+        return (sp.diags(inv) @ feat).tocsr().astype(np.float32)
+    return (feat * inv[:, None]).astype(np.float32)
+
+
+def largest_component(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
+    """Sorted ids of the nodes in the largest connected component (ties: the one with the smallest node)."""
+    adj = sp.csr_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
+    _, comp = sp.csgraph.connected_components(adj, directed=False)
+    return np.flatnonzero(comp == np.bincount(comp).argmax())
+
+
+def _small_classes(labels: np.ndarray, split: SplitSpec) -> np.ndarray:
+    """Class ids with at least one but at most train_per_class + val_per_class labelled nodes."""
+    counts = np.bincount(labels[labels >= 0], minlength=1)
+    return np.flatnonzero((counts > 0) & (counts <= split.train_per_class + split.val_per_class))
+
+
+def _prepare(
     name: str,
     src: np.ndarray,
     dst: np.ndarray,
-    feat: np.ndarray,
+    feat: np.ndarray | sp.spmatrix,
     labels: np.ndarray,
-    masks: Masks,
-    num_classes: int,
+    masks: Masks | None,
+    *,
+    kind: str,
+    features: Features | None,
+    largest_component: bool | None,
+    split: SplitSpec,
+    rng: np.random.Generator,
+    clamp: bool = False,
 ) -> GraphDataset:
+    """One graph (src/dst simplified): largest component, small classes, class ids, features, then the
+    split (unless `masks` fixes it, in which case the masks are cut to the nodes kept)."""
+    n = feat.shape[0]
+    features = features or default_features(kind)
+    if largest_component is None:
+        largest_component = default_largest_component(kind, has_masks=masks is not None)
+    record: dict[str, object] = {"features": features, "largest_component": largest_component}
+    keep = _lcc(src, dst, n, np.arange(n)) if largest_component else np.arange(n)
+    if masks is None and labels.ndim == 1 and split.small_classes == "drop" and not clamp:
+        dropped: list[int] = []
+        while True:  # Shchur et al.: drop, take the largest component again, until nothing changes
+            present = np.unique(labels[keep][labels[keep] >= 0])
+            small = _small_classes(labels[keep], split)
+            if len(small) == 0 or len(small) == len(present):  # all too small: per_class_split says so
+                break
+            dropped.extend(small.tolist())
+            keep = keep[~np.isin(labels[keep], small)]
+            if largest_component:
+                keep = _lcc(src, dst, n, keep)
+        if dropped:
+            record["dropped_classes"] = sorted(dropped)
+    if len(keep) < n:
+        index = np.full(n, -1, np.int64)
+        index[keep] = np.arange(len(keep))
+        inside = (index[src] >= 0) & (index[dst] >= 0)
+        src, dst = index[src[inside]], index[dst[inside]]
+        feat, labels = feat[keep], labels[keep]
+        if masks is not None:
+            masks = tuple(m[keep] for m in masks)  # type: ignore[assignment]
+    record["nodes_kept"], record["nodes_in_source"] = len(keep), n
+    num_classes = labels.shape[1] if labels.ndim == 2 else 0
+    if labels.ndim == 1:
+        classes = np.unique(labels[labels >= 0])
+        if len(classes) < 2:
+            raise DatasetError(
+                f"only {len(classes)} class(es) left after preprocessing ({len(keep)} of {n} nodes kept); node "
+                "classification needs at least 2: turn off dataset.largest_component or lower "
+                "split.train_per_class/val_per_class"
+            )
+        labels = np.where(labels >= 0, np.searchsorted(classes, labels), -1)
+        num_classes = len(classes)
+    if features == "row-normalized":
+        feat = row_normalize(feat)
+    if sp.issparse(feat):
+        feat = feat.toarray()
+    feat = np.asarray(feat, dtype=np.float32)
+    if masks is None:
+        masks = per_class_split(labels, split.train_per_class, split.val_per_class, rng, clamp=clamp)
+    elif not masks[0].any() or not masks[2].any():
+        raise DatasetError(
+            f"the largest component ({len(keep)} of {n} nodes) holds no "
+            f"{'training' if not masks[0].any() else 'test'} node of the given split; set "
+            "dataset.largest_component to false"
+        )
     g = _graph(src, dst, feat, labels, masks)
-    return GraphDataset(name, feat.shape[1], num_classes, labels.ndim == 2, [g], [g], [g])
+    return GraphDataset(name, feat.shape[1], num_classes, labels.ndim == 2, [g], [g], [g], record)
 
 
-def _inductive(name: str, pieces: Sequence[Piece], which: Sequence[int], num_classes: int) -> GraphDataset:
+def _lcc(src: np.ndarray, dst: np.ndarray, n: int, nodes: np.ndarray) -> np.ndarray:
+    """The largest connected component of the subgraph induced by `nodes`, as sorted original ids."""
+    index = np.full(n, -1, np.int64)
+    index[nodes] = np.arange(len(nodes))
+    inside = (index[src] >= 0) & (index[dst] >= 0)
+    return nodes[largest_component(index[src[inside]], index[dst[inside]], len(nodes))]
+
+
+def _inductive(
+    name: str, pieces: Sequence[Piece], which: Sequence[int], num_classes: int, features: Features = "raw"
+) -> GraphDataset:
     splits: tuple[list[dgl.DGLGraph], ...] = ([], [], [])
     for (src, dst, feat, labels), w in zip(pieces, which, strict=True):
         own = _labelled(labels)
         masks = tuple(own if i == w else np.zeros_like(own) for i in range(3))
+        if features == "row-normalized":
+            feat = row_normalize(feat)
         splits[int(w)].append(_graph(src, dst, feat, labels, masks))  # type: ignore[arg-type]
     feat, labels = pieces[0][2], pieces[0][3]
-    return GraphDataset(name, feat.shape[1], num_classes, labels.ndim == 2, *splits)
+    record: dict[str, object] = {"features": features, "largest_component": False}
+    return GraphDataset(name, feat.shape[1], num_classes, labels.ndim == 2, *splits, preprocessing=record)
 
 
 # --- synthetic ---------------------------------------------------------------------------------
 
 
 def make_synthetic(
-    spec: SyntheticSpec, *, seed: int, split: SplitSpec = _DEFAULT_SPLIT, max_bytes: int = MAX_BYTES
+    spec: SyntheticSpec,
+    *,
+    seed: int,
+    split: SplitSpec = _DEFAULT_SPLIT,
+    max_bytes: int = MAX_BYTES,
+    features: Features | None = None,
+    largest_component: bool | None = None,
 ) -> GraphDataset:
     """Stochastic block model: each edge starts at a random node and stays in its class with probability
     `homophily`; features are unit Gaussian noise around class means of norm `feature_signal`.
-    `num_nodes` is per graph; one numpy Generator(seed) draws everything, so a seed fixes the dataset."""
+    `num_nodes` is per graph; one numpy Generator(seed) draws everything, so a seed fixes the dataset.
+    `features` and `largest_component` default to off (raw features, the whole graph)."""
     n, c, f, count = spec.num_nodes, spec.num_classes, spec.num_features, spec.num_graphs
     if c > n:
         raise DatasetError(f"synthetic: num_classes ({c}) exceeds num_nodes ({n}); lower num_classes")
@@ -278,10 +431,15 @@ def make_synthetic(
     means = spec.feature_signal * directions / (np.linalg.norm(directions, axis=1, keepdims=True) + 1e-12)
     pieces = [_sbm(n, c, spec.avg_degree, spec.homophily, means, rng) for _ in range(count)]
     if count == 1:
-        labels = pieces[0][3]
-        masks = per_class_split(labels, split.train_per_class, split.val_per_class, rng, clamp=True)
-        return _transductive("synthetic", *pieces[0], masks, c)
-    return _inductive("synthetic", pieces, graph_split(count, rng), c)
+        src, dst, feat, labels = pieces[0]
+        s, d = _simplify(src, dst, n)
+        options = {"features": features, "largest_component": largest_component}
+        return _prepare(
+            "synthetic", s, d, feat, labels, None, kind="synthetic", split=split, rng=rng, clamp=True, **options
+        )
+    if largest_component:
+        raise DatasetError("largest_component applies to a single graph; synthetic num_graphs is above 1")
+    return _inductive("synthetic", pieces, graph_split(count, rng), c, features or default_features("synthetic"))
 
 
 def _sbm(n: int, c: int, avg_degree: float, homophily: float, means: np.ndarray, rng: np.random.Generator) -> Piece:
@@ -348,7 +506,15 @@ def _guarded(cls: type) -> type:
     return Guarded
 
 
-def _load_dgl(name: str, folder: Path, split: SplitSpec, seed: int) -> GraphDataset:
+def _load_dgl(
+    name: str,
+    folder: Path,
+    split: SplitSpec,
+    seed: int,
+    *,
+    features: Features | None = None,
+    largest_component: bool | None = None,
+) -> GraphDataset:
     cls_name = str(_REGISTRY[name][1])
     cls = _guarded(getattr(dgl.data, cls_name))
     try:
@@ -371,14 +537,19 @@ def _load_dgl(name: str, folder: Path, split: SplitSpec, seed: int) -> GraphData
         for g in part
     ]
     if name == "ppi":
+        if largest_component:
+            raise DatasetError("largest_component applies to a single graph; ppi has 24")
         which = [i for i, part in enumerate(parts) for _ in part]
-        return _inductive(name, pieces, which, pieces[0][3].shape[1])
-    g, labels = parts[0][0], pieces[0][3]
+        return _inductive(name, pieces, which, pieces[0][3].shape[1], features or default_features(name))
+    g = parts[0][0]
+    masks = None
     if all(k in g.ndata for k in MASK_KEYS):  # Planetoid's public split
         masks = tuple(g.ndata[k].numpy().astype(bool) for k in MASK_KEYS)
-    else:
-        masks = per_class_split(labels, split.train_per_class, split.val_per_class, np.random.default_rng(seed))
-    return _transductive(name, *pieces[0], masks, int(labels.max()) + 1)  # type: ignore[arg-type]
+    src, dst, feat, labels = pieces[0]
+    src, dst = _simplify(src, dst, feat.shape[0])
+    options = {"features": features, "largest_component": largest_component}
+    rng = np.random.default_rng(seed)
+    return _prepare(name, src, dst, feat, labels, masks, kind=name, split=split, rng=rng, **options)  # type: ignore[arg-type]
 
 
 # --- npz files ---------------------------------------------------------------------------------
@@ -417,8 +588,14 @@ def load_npz(
     split: SplitSpec = _DEFAULT_SPLIT,
     seed: int = 0,
     max_bytes: int = MAX_BYTES,
+    features: Features | None = None,
+    largest_component: bool | None = None,
+    kind: str = "npz",
 ) -> GraphDataset:
-    """Load a GNN-benchmark npz; masks in the file win, else `split` is drawn with split.seed or `seed`."""
+    """Load a GNN-benchmark npz; masks in the file win, else `split` is drawn with split.seed or `seed`.
+
+    `features`/`largest_component` None take the defaults of `kind` ('npz' or 'upload'): row-normalised
+    features, and the largest component for a single graph without masks."""
     d = _read_npz(source, max_bytes)
     n, f = d.feat.shape
     if 4 * n * f > max_bytes:
@@ -426,12 +603,17 @@ def load_npz(
             f"features of {n} x {f} take {4 * n * f / 2**30:.1f} GiB as a dense float32 matrix, above the "
             f"{max_bytes / 2**30:.1f} GiB cap; reduce the features or raise max_bytes"
         )
-    feat = d.feat.toarray() if sp.issparse(d.feat) else d.feat
-    feat = feat.astype(np.float32, copy=False)
     rng = np.random.default_rng(seed if split.seed is None else split.seed)
     if d.graph_ids is None:
-        masks = d.masks or per_class_split(d.labels, split.train_per_class, split.val_per_class, rng)
-        return _transductive(name, d.src, d.dst, feat, d.labels, masks, d.num_classes)
+        options = {"features": features, "largest_component": largest_component}
+        return _prepare(name, d.src, d.dst, d.feat, d.labels, d.masks, kind=kind, split=split, rng=rng, **options)
+    if largest_component:
+        raise DatasetError(
+            f"largest_component applies to a single graph, but this file holds {d.num_graphs} (graph_ids); "
+            "set dataset.largest_component to false"
+        )
+    feat = d.feat.toarray() if sp.issparse(d.feat) else d.feat
+    feat = feat.astype(np.float32, copy=False)
     gid, count = d.graph_ids, d.num_graphs
     which = _graph_of_masks(d) if d.masks is not None else graph_split(count, rng)
     # group nodes and edges by graph once instead of scanning everything per graph
@@ -447,7 +629,7 @@ def load_npz(
         nodes = node_order[node_bounds[g] : node_bounds[g + 1]]
         edges = edge_order[edge_bounds[g] : edge_bounds[g + 1]]
         pieces.append((local[d.src[edges]], local[d.dst[edges]], feat[nodes], d.labels[nodes]))
-    return _inductive(name, pieces, which, d.num_classes)
+    return _inductive(name, pieces, which, d.num_classes, features or default_features(kind))
 
 
 def _graph_of_masks(d: _Npz) -> np.ndarray:

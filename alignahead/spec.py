@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Arch = Literal["gat", "gcn", "sage"]
 Strategy = Literal["alignahead", "one-to-one", "none"]
 Schedule = Literal["alternating", "simultaneous"]
+Features = Literal["raw", "row-normalized"]
+SmallClasses = Literal["drop", "error"]
 
 DATASET_NAMES = (
     "ppi",
@@ -34,11 +36,21 @@ class _Section(BaseModel):
 
 
 class SplitSpec(_Section):
-    """Per-class random split for single-graph datasets without a fixed split (Shchur et al.)."""
+    """Per-class random split for single-graph datasets without a fixed split (Shchur et al. 2018):
+    per class, `train_per_class` random labelled nodes train, `val_per_class` validate, all the
+    remaining labelled nodes test; drawn after the largest component is taken, so it stays inside it."""
 
     train_per_class: int = Field(20, ge=1, le=100_000)
     val_per_class: int = Field(30, ge=0, le=100_000)
     seed: int | None = Field(None, description="Split seed; defaults to training.seed.")
+    small_classes: SmallClasses = Field(
+        "drop",
+        description="Classes with at most train_per_class + val_per_class labelled nodes, which would leave "
+        "no test node: 'drop' removes their nodes from the graph (then takes the largest component "
+        "again when dataset.largest_component is on), as Shchur et al. do for Cora-Full; 'error' refuses "
+        "the dataset. Only for the random split (not for files with masks, nor synthetic graphs, "
+        "whose counts shrink instead).",
+    )
 
 
 class SyntheticSpec(_Section):
@@ -71,6 +83,21 @@ class DatasetSpec(_Section):
     )
     path: str | None = Field(None, description="npz file in the GNN-benchmark layout (name 'npz').")
     upload_id: str | None = Field(None, description="An uploaded dataset's id (name 'upload').")
+    features: Features | None = Field(
+        None,
+        description="'row-normalized': each node's features divided by the sum of their absolute values "
+        "(bag-of-words rows sum to 1; all-zero rows stay zero), as Kipf & Welling and Velickovic et al. "
+        "do; 'raw': as stored. None: the dataset's default, 'row-normalized' for the bag-of-words "
+        "graphs (cora, citeseer, pubmed, coauthor-*, amazon-*, npz, upload), 'raw' for ppi and synthetic.",
+    )
+    largest_component: bool | None = Field(
+        None,
+        description="Keep only the largest connected component of a single graph (Shchur et al. evaluate "
+        "there); the split is drawn inside it and a file's masks are cut to it. None: the dataset's "
+        "default, on for coauthor-*, amazon-* and single-graph npz/upload files without masks; off for "
+        "the Planetoid public splits (cora, citeseer, pubmed), files with masks, synthetic graphs and "
+        "multi-graph data, where it is refused.",
+    )
     split: SplitSpec = SplitSpec()
     synthetic: SyntheticSpec = SyntheticSpec()
 
@@ -86,6 +113,13 @@ class DatasetSpec(_Section):
             raise ValueError("dataset 'upload' needs 'upload_id' (from POST /v1/datasets)")
         if self.name != "upload" and self.upload_id:
             raise ValueError("'upload_id' is only for dataset 'upload'")
+        if self.largest_component and (
+            self.name == "ppi" or (self.name == "synthetic" and self.synthetic.num_graphs > 1)
+        ):
+            raise ValueError(
+                "'largest_component' applies to single-graph datasets; "
+                f"{'ppi' if self.name == 'ppi' else 'synthetic with num_graphs > 1'} has several graphs"
+            )
         return self
 
 

@@ -40,6 +40,7 @@ def test_train_writes_metrics_checkpoints_and_summary(tmp_path: Path, capsys) ->
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_done"] == 6
     assert [s["arch"] for s in summary["students"]] == ["gat", "gcn"]
+    assert summary["dataset"]["features"] == "raw" and summary["dataset"]["largest_component"] is False
     for i in (0, 1):
         for kind in ("best", "final"):
             assert load_student(out / "checkpoints" / f"student-{i}-{kind}.safetensors").arch == ["gat", "gcn"][i]

@@ -160,24 +160,39 @@ def test_synthetic_rejects_oversized_graphs() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not CORA.is_file(), reason=f"Cora not found at {CORA} (the read-only ../shared folder)")
 def test_cora_npz_with_per_class_split() -> None:
-    data = load_npz(CORA, seed=0)
-    assert (data.num_features, data.num_classes, data.multilabel) == (1433, 7, False)
-    g = data.train[0]
+    whole = load_npz(CORA, seed=0, largest_component=False, features="raw")
+    assert (whole.num_features, whole.num_classes, whole.multilabel) == (1433, 7, False)
+    g = whole.train[0]
     assert g.num_nodes() == 2708
     check_graph(g)
     assert g.num_edges() == 2 * 5278 + 2708  # 5,429 stored links minus duplicates, both ways, plus loops
+    assert set(g.ndata["feat"].unique().tolist()) == {0.0, 1.0}  # binary bag of words, as stored
     labels = g.ndata["label"]
     for c in range(7):
         assert int((g.ndata["train_mask"] & (labels == c)).sum()) == 20
         assert int((g.ndata["val_mask"] & (labels == c)).sum()) == 30
     assert mask_sizes(g) == [140, 210, 2708 - 350]
     again, other = load_npz(CORA, seed=0).train[0], load_npz(CORA, seed=1).train[0]
+    assert not torch.equal(again.ndata["train_mask"], other.ndata["train_mask"])
+    # the defaults: Shchur et al.'s largest component (their Table 1: 2,485 nodes, 5,069 edges),
+    # row-normalised features, the split drawn inside it
+    data = load_npz(CORA, seed=0)
+    g = data.train[0]
+    check_graph(g)
+    assert (g.num_nodes(), (g.num_edges() - 2485) // 2, data.num_classes) == (2485, 5069, 7)
+    assert torch.allclose(g.ndata["feat"].sum(1), torch.ones(2485))
+    assert mask_sizes(g) == [140, 210, 2485 - 350]
     assert torch.equal(g.ndata["train_mask"], again.ndata["train_mask"])
-    assert not torch.equal(g.ndata["train_mask"], other.ndata["train_mask"])
+    assert data.preprocessing == {
+        "features": "row-normalized",
+        "largest_component": True,
+        "nodes_kept": 2485,
+        "nodes_in_source": 2708,
+    }
     summary = inspect_npz(CORA.read_bytes())
     assert summary == {
         "num_nodes": 2708,
-        "num_edges": g.num_edges(),
+        "num_edges": 2 * 5278 + 2708,
         "num_features": 1433,
         "num_classes": 7,
         "multilabel": False,
@@ -212,7 +227,7 @@ def test_npz_multilabel_multi_graph_roundtrip(tmp_path: Path) -> None:
         val_mask=gid == 2,
         test_mask=gid == 3,
     )
-    data = load_npz(path)
+    data = load_npz(path, features="raw")  # as stored, to check the round trip
     assert (data.num_features, data.num_classes, data.multilabel) == (4, 3, True)
     assert (len(data.train), len(data.val), len(data.test)) == (2, 1, 1)
     for split, graphs in zip(MASK_KEYS, (data.train, data.val, data.test), strict=True):
@@ -385,6 +400,183 @@ def test_max_bytes_is_a_keyword_cap() -> None:
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="nope.npz does not exist"):
         load_npz(tmp_path / "nope.npz")
+
+
+# --- preprocessing: dataset.features, dataset.largest_component, split.small_classes ------------
+
+
+def two_component_arrays() -> dict[str, np.ndarray]:
+    """10 nodes: a component of 7 (0, 2, 4, 6, 7, 8, 9), a pair (1, 3) and node 5 alone with a self-loop.
+    Features are one-hot node ids, so a loaded graph says which file nodes it kept; class 2 lives only
+    outside the big component."""
+    links = [(0, 2), (2, 4), (4, 2), (4, 6), (6, 8), (8, 9), (9, 7), (7, 0), (2, 9), (1, 3), (5, 5)]
+    src, dst = np.array(links).T
+    adj = sp.csr_matrix((np.ones(len(links), np.float32), (src, dst)), shape=(10, 10))
+    return {
+        "adj_data": adj.data,
+        "adj_indices": adj.indices,
+        "adj_indptr": adj.indptr,
+        "adj_shape": np.array(adj.shape),
+        "attr_matrix": np.eye(10, dtype=np.float32),
+        "labels": np.array([0, 1, 1, 0, 0, 2, 1, 0, 1, 0]),
+    }
+
+
+def file_nodes(g) -> list[int]:
+    """The file's node id behind each node of a graph loaded from `two_component_arrays` (one-hot ids)."""
+    return g.ndata["feat"].argmax(1).tolist()
+
+
+def undirected_edges(g) -> set[tuple[int, int]]:
+    src, dst = (t.tolist() for t in g.edges())
+    return {(min(s, d), max(s, d)) for s, d in zip(src, dst, strict=True) if s != d}
+
+
+def test_row_normalized_features_sum_to_one_and_zero_rows_stay_zero() -> None:
+    arrays = graph_arrays(n=6)
+    counts = np.array([[1, 0, 2, 1], [0, 0, 0, 0], [3, 3, 0, 0], [0, 0, 0, 5], [1, 1, 1, 1], [0, 2, 0, 0]])
+    attr = sp.csr_matrix(counts.astype(np.float32))
+    arrays.update(attr_data=attr.data, attr_indices=attr.indices, attr_indptr=attr.indptr)
+    arrays["attr_shape"] = np.array(attr.shape)
+    split = SplitSpec(train_per_class=1, val_per_class=1, small_classes="error")
+    blob = npz_bytes(**arrays)
+    normed = load_npz(blob, split=split, features="row-normalized").train[0].ndata["feat"]
+    expected = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    assert torch.allclose(normed, torch.from_numpy(expected).float())
+    assert normed.sum(1).tolist() == pytest.approx([1, 0, 1, 1, 1, 1])  # the all-zero row stays zero, no NaN
+    assert torch.equal(load_npz(blob, split=split, features="raw").train[0].ndata["feat"], torch.from_numpy(counts).float())
+    assert torch.equal(load_npz(blob, split=split).train[0].ndata["feat"], normed)  # npz default
+    # signed features (not bag-of-words) are divided by the sum of absolute values
+    assert datasets.row_normalize(np.array([[2.0, -2.0], [0.0, 0.0]])).tolist() == [[0.5, -0.5], [0.0, 0.0]]
+
+
+def test_features_option_reaches_every_source() -> None:
+    spec = DatasetSpec(name="synthetic", synthetic=SyntheticSpec(num_nodes=60, num_features=5))
+    raw = load_dataset(spec, seed=0).train[0].ndata["feat"]  # synthetic default: raw Gaussian features
+    assert (raw < 0).any()
+    normed = load_dataset(spec.model_copy(update={"features": "row-normalized"}), seed=0).train[0].ndata["feat"]
+    assert torch.allclose(normed, raw / raw.abs().sum(1, keepdim=True))
+    multi = SyntheticSpec(num_nodes=30, num_features=5, num_graphs=3)
+    graphs = load_dataset(DatasetSpec(name="synthetic", synthetic=multi, features="row-normalized"), seed=0)
+    assert all(torch.allclose(g.ndata["feat"].abs().sum(1), torch.ones(30)) for g in graphs.train + graphs.test)
+    assert graphs.preprocessing["features"] == "row-normalized"
+
+
+def test_largest_component_keeps_exactly_its_nodes_edges_and_labels() -> None:
+    split = SplitSpec(train_per_class=1, val_per_class=1)
+    data = load_npz(npz_bytes(**two_component_arrays()), split=split, features="raw", largest_component=True, seed=3)
+    g = data.train[0]
+    check_graph(g)
+    kept = [0, 2, 4, 6, 7, 8, 9]
+    assert file_nodes(g) == kept  # file order kept
+    new = {old: i for i, old in enumerate(kept)}
+    links = [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9), (9, 7), (7, 0), (2, 9)]
+    assert undirected_edges(g) == {(min(new[a], new[b]), max(new[a], new[b])) for a, b in links}
+    assert g.num_edges() == 2 * 8 + 7
+    # class 2 (node 5 only) left with its component: two classes remain, ids unchanged
+    assert data.num_classes == 2 and g.ndata["label"].tolist() == [0, 1, 0, 1, 0, 1, 0]
+    assert mask_sizes(g) == [2, 2, 3]  # per class 1 train, 1 val; the rest of the component tests
+    assert data.preprocessing == {"features": "raw", "largest_component": True, "nodes_kept": 7, "nodes_in_source": 10}
+    # switched off, the whole file comes back (class 2 has one node: dropped as too small, see below)
+    whole = load_npz(npz_bytes(**two_component_arrays()), split=split, largest_component=False, seed=3).train[0]
+    assert whole.num_nodes() == 9 and 5 not in file_nodes(whole)
+
+
+def test_split_stays_inside_the_largest_component_for_every_seed() -> None:
+    arrays = two_component_arrays()
+    arrays["labels"] = np.array([0, 0, 1, 1, 0, 1, 1, 0, 1, 0])  # nodes outside the component too
+    split = SplitSpec(train_per_class=1, val_per_class=1)
+    seen = set()
+    for seed in range(8):
+        g = load_npz(npz_bytes(**arrays), split=split, seed=seed).train[0]
+        nodes = np.array(file_nodes(g))
+        masked = np.logical_or.reduce([g.ndata[k].numpy() for k in MASK_KEYS])
+        assert set(nodes[masked]) == {0, 2, 4, 6, 7, 8, 9}  # every kept node is in exactly one split
+        seen.add(tuple(nodes[g.ndata["train_mask"].numpy()]))
+    assert len(seen) > 1  # the split is still random inside the component
+
+
+def test_largest_component_cuts_the_files_masks() -> None:
+    arrays = two_component_arrays()
+    arrays["labels"] = np.array([0, 0, 1, 1, 0, 1, 1, 0, 1, 0])
+    arrays["train_mask"] = np.isin(np.arange(10), [0, 1, 2])
+    arrays["val_mask"] = np.isin(np.arange(10), [3, 4])
+    arrays["test_mask"] = np.isin(np.arange(10), [5, 6, 7, 8, 9])
+    blob = npz_bytes(**arrays)
+    fixed = load_npz(blob)  # a file's own split is its evaluation: the default keeps the whole graph
+    assert fixed.train[0].num_nodes() == 10 and fixed.preprocessing["largest_component"] is False
+    g = load_npz(blob, largest_component=True).train[0]
+    nodes = np.array(file_nodes(g))
+    assert [sorted(nodes[g.ndata[k].numpy()].tolist()) for k in MASK_KEYS] == [[0, 2], [4], [6, 7, 8, 9]]
+    arrays["train_mask"] = np.isin(np.arange(10), [1])  # no training node left inside
+    arrays["test_mask"] = np.isin(np.arange(10), [0, 2, 5, 6, 7, 8, 9])
+    with pytest.raises(DatasetError, match="no training node.*largest_component to false"):
+        load_npz(npz_bytes(**arrays), largest_component=True)
+
+
+def test_largest_component_is_refused_for_several_graphs() -> None:
+    arrays = graph_arrays(n=40)
+    arrays["graph_ids"] = np.repeat(np.arange(4), 10)
+    arrays["adj_data"] = np.where(np.arange(40) % 10 != 9, 1.0, 0.0).astype(np.float32)
+    blob = npz_bytes(**arrays)
+    assert load_npz(blob, seed=0).preprocessing["largest_component"] is False  # default: off, no error
+    with pytest.raises(DatasetError, match="holds 4 .*largest_component to false"):
+        load_npz(blob, seed=0, largest_component=True)
+    for spec in ({"name": "ppi"}, {"name": "synthetic", "synthetic": {"num_graphs": 3}}):
+        with pytest.raises(ValidationError, match="single-graph"):
+            DatasetSpec(**spec, largest_component=True)
+
+
+def test_small_classes_are_dropped_then_the_component_taken_again() -> None:
+    # a 4-cycle 0-1-2-3, then 3-4-5-6: node 4, the only node of class 2, is the bridge
+    links = [(0, 1), (1, 2), (2, 3), (3, 0), (3, 4), (4, 5), (5, 6)]
+    src, dst = np.array(links).T
+    adj = sp.csr_matrix((np.ones(len(links), np.float32), (src, dst)), shape=(7, 7))
+    arrays = {
+        "adj_data": adj.data,
+        "adj_indices": adj.indices,
+        "adj_indptr": adj.indptr,
+        "adj_shape": np.array(adj.shape),
+        "attr_matrix": np.eye(7, dtype=np.float32),
+        "labels": np.array([0, 1, 0, 1, 2, 0, 1]),
+    }
+    split = SplitSpec(train_per_class=1, val_per_class=0)  # classes need more than 1 node
+    data = load_npz(npz_bytes(**arrays), split=split, seed=0)
+    g = data.train[0]
+    assert file_nodes(g) == [0, 1, 2, 3]  # 4 dropped, which cut 5-6 off the largest component
+    assert data.num_classes == 2 and data.preprocessing["dropped_classes"] == [2]
+    assert mask_sizes(g) == [2, 0, 2]
+    whole = load_npz(npz_bytes(**arrays), split=split, seed=0, largest_component=False)
+    assert file_nodes(whole.train[0]) == [0, 1, 2, 3, 5, 6]  # dropped, the rest kept
+    strict = split.model_copy(update={"small_classes": "error"})
+    with pytest.raises(DatasetError, match="class 2 has only 1 labelled nodes"):
+        load_npz(npz_bytes(**arrays), split=strict, seed=0)
+
+
+def test_split_sampling_sizes_and_unlabelled_nodes() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [40, 25, 60])
+    labels[rng.choice(len(labels), 10, replace=False)] = -1  # unlabelled: in no split
+    train, val, test = datasets.per_class_split(labels, 5, 7, rng)
+    for c in range(3):
+        own = labels == c
+        assert (train[own].sum(), val[own].sum(), test[own].sum()) == (5, 7, own.sum() - 12)
+    assert not (train | val | test)[labels == -1].any()
+    assert (train | val | test)[labels >= 0].all() and not (train & val).any() and not (val & test).any()
+
+
+def test_dataset_defaults_follow_the_literature() -> None:
+    for name in ("cora", "citeseer", "pubmed", "coauthor-cs", "amazon-photo", "npz", "upload"):
+        assert datasets.default_features(name) == "row-normalized"
+    assert datasets.default_features("ppi") == datasets.default_features("synthetic") == "raw"
+    for name in ("coauthor-cs", "coauthor-physics", "amazon-computers", "amazon-photo", "npz", "upload"):
+        assert datasets.default_largest_component(name, has_masks=False)
+        assert not datasets.default_largest_component(name, has_masks=True)
+    assert not datasets.default_largest_component("npz", has_masks=False, num_graphs=3)
+    for name in ("cora", "citeseer", "pubmed", "synthetic", "ppi"):
+        assert not datasets.default_largest_component(name, has_masks=False)
+    with pytest.raises(ValidationError, match="features"):
+        DatasetSpec(name="npz", path="x.npz", features="l2")
 
 
 # --- spec level --------------------------------------------------------------------------------
