@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from alignahead.datasets import DatasetError, list_datasets, load_dataset
+from alignahead.runtime import set_torch_threads
 from alignahead.spec import JobSpec
 from alignahead.trainer import Callbacks, Checkpoint, EpochMetrics, Trainer
 
@@ -77,6 +78,7 @@ class RunFolder:
 
 def train(args: argparse.Namespace) -> int:
     spec = read_spec(Path(args.spec))
+    set_torch_threads(args.threads)
     if args.device:
         spec = spec.model_copy(update={"training": spec.training.model_copy(update={"device": args.device})})
     try:
@@ -117,6 +119,7 @@ def train(args: argparse.Namespace) -> int:
     bar.close()
     summary = {
         "epochs_done": result.epochs_done,
+        "stop_reason": result.stop_reason,
         "students": [asdict(s) for s in result.students],
         "dataset": dataset.preprocessing,  # the features, component and classes the students saw
     }
@@ -125,6 +128,8 @@ def train(args: argparse.Namespace) -> int:
         best = f"{s.best_val:.4f}" if s.best_val is not None else "-"
         test = f"{s.test_at_best:.4f}" if s.test_at_best is not None else "-"
         print(f"student {s.student} ({s.arch}): best val {best} at epoch {s.best_epoch}, test there {test}")
+    if result.stop_reason:
+        print(result.stop_reason)
     print(f"outputs in {run.out}")
     return 0
 
@@ -146,12 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt if present")
     p.add_argument("--state-every", type=int, default=10, help="save state.pt every n epochs (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default $ALIGNAHEAD_TORCH_THREADS, else one per core); use 1 when "
+        "several runs share a machine",
+    )
     p.set_defaults(func=train)
     d = sub.add_parser("datasets", help="list the dataset registry")
     d.set_defaults(func=datasets)
     args = parser.parse_args(argv)
     if getattr(args, "state_every", 1) < 1:
         parser.error("--state-every must be at least 1")
+    if (getattr(args, "threads", None) or 1) < 1:
+        parser.error("--threads must be at least 1")
     return args.func(args)
 
 

@@ -15,6 +15,7 @@ Strategy = Literal["alignahead", "one-to-one", "none"]
 Schedule = Literal["alternating", "simultaneous"]
 Features = Literal["raw", "row-normalized"]
 SmallClasses = Literal["drop", "error"]
+Monitor = Literal["val_score", "val_loss"]
 
 DATASET_NAMES = (
     "ppi",
@@ -155,6 +156,18 @@ class TrainingSpec(_Section):
     eval_every: int = Field(1, ge=1, le=100_000, description="Evaluate every n epochs (and at the last).")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Early stopping: stop once no student's monitored validation metric has improved for this "
+        "many epochs (the job still succeeds and writes its 'final' checkpoints). None: train every epoch.",
+    )
+    monitor: Monitor = Field(
+        "val_score",
+        description="What `patience` watches: 'val_score' (higher is better) or 'val_loss' (the task loss on the "
+        "validation nodes, lower is better). The 'best' checkpoint is always the best validation score.",
+    )
 
 
 class JobSpec(_Section):

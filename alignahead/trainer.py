@@ -3,10 +3,17 @@
 Read top to bottom: setup, one epoch per schedule, evaluation, state for resuming, the run loop.
 Two schedules:
 - alternating (the published code): in each epoch, student 1 steps over all batches against the
-  others' current weights, then student 2, and so on; peers' features are recomputed, with no
-  gradient and in eval mode, for every step.
-- simultaneous: on each batch every student steps once, each against its peers' detached features
-  from the same forward pass.
+  others' current weights, then student 2, and so on. A peer's weights change only when that peer
+  steps, so its target distributions (no gradient, eval mode) are computed once per training graph
+  right after its own pass and cached: one no-grad forward per student per epoch, however many
+  students and batches. A batch is a disjoint union of graphs, so its targets are the cached
+  per-graph ones concatenated in batch order; on the CPU they are bit-for-bit what a forward over the
+  batch gives (tested against the uncached loop).
+- simultaneous: on each batch every student steps once, each against its peers' detached
+  distributions from the same forward pass. Each (student, layer) distribution is computed once per
+  step, with gradient for the student's own loss and, detached, as its peers' target.
+
+Per-step losses stay on the device and are read once per epoch (no `.item()` sync per step).
 """
 
 from __future__ import annotations
@@ -23,10 +30,18 @@ import torch.nn.functional as F
 from alignahead.checkpoints import student_bytes
 from alignahead.datasets import GraphDataset
 from alignahead.models import Student, StudentConfig
+from alignahead.runtime import RuntimeSettings
 from alignahead.spec import JobSpec
-from alignahead.structure import distillation_loss, layer_pairs, peer_targets
+from alignahead.structure import (
+    distillation_loss,
+    layer_pairs,
+    layer_structures,
+    peer_layers,
+    peer_targets,
+    student_layers,
+)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2 added the early-stopping monitor; format 1 states still load
 SPLITS = ("train", "val", "test")
 
 
@@ -66,6 +81,7 @@ class TrainResult:
     cancelled: bool
     epochs_done: int
     students: list[StudentSummary]
+    stop_reason: str | None = None  # set when early stopping ended the run before the last epoch
 
 
 @dataclass
@@ -73,6 +89,14 @@ class Callbacks:
     on_epoch: Callable[[list[EpochMetrics]], None] | None = None
     on_checkpoint: Callable[[Checkpoint], None] | None = None
     should_cancel: Callable[[], bool] | None = None
+
+
+@dataclass
+class _Monitor:
+    """The early-stopping watch of one student: its best monitored value and when it came."""
+
+    best: float | None = None
+    epoch: int = 0
 
 
 class _Cancelled(Exception):
@@ -100,12 +124,28 @@ def score(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> tuple
     return (logits.argmax(1) == labels).sum().item(), float(labels.numel())
 
 
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy per label (multilabel) or cross-entropy; logits [n, C], labels [n(, C)]."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction=reduction)
+    return F.cross_entropy(logits, labels, reduction=reduction)
+
+
 class Trainer:
-    def __init__(self, spec: JobSpec, dataset: GraphDataset, callbacks: Callbacks | None = None) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        dataset: GraphDataset,
+        callbacks: Callbacks | None = None,
+        *,
+        fused: bool | None = None,
+    ) -> None:
+        """`fused`: use the compiled edge-distance kernel; None reads ALIGNAHEAD_FUSED_DISTANCE (default on)."""
         self.spec = spec
         self.dataset = dataset
         self.callbacks = callbacks or Callbacks()
         self.device = resolve_device(spec.training.device)
+        self.fused = RuntimeSettings().fused_distance if fused is None else fused
         t = spec.training
         torch.manual_seed(t.seed)  # model initialisation depends on the seed alone
         self.students: list[Student] = [
@@ -117,8 +157,11 @@ class Trainer:
         self.pairs = layer_pairs(spec.distillation.strategy, spec.students[0].hidden_layers)
         self.epoch = 0
         self.summaries = [StudentSummary(i, m.arch) for i, m in enumerate(self.students)]
+        self.monitors = [_Monitor() for _ in self.students]
         self.train_graphs = [g.to(self.device) for g in dataset.train]
         self.eval_sets = self._eval_sets()
+        # alternating: per student, per training graph, {peer layer: log_p [E_graph]}; None = stale
+        self._targets: list[list[dict[int, torch.Tensor]] | None] = [None] * len(self.students)
 
     def _optimizer(self, model: Student) -> torch.optim.Optimizer:
         t = self.spec.training
@@ -129,7 +172,7 @@ class Trainer:
         """Graphs to run once per evaluation, each with the masks of the splits it serves."""
         d = self.dataset
         if len(d.train) == 1 and d.train[0] is d.val[0] is d.test[0]:  # one graph, split by masks
-            g = d.train[0].to(self.device)
+            g = self.train_graphs[0]
             return [(g, {s: g.ndata[f"{s}_mask"] for s in SPLITS})]
         sets = []
         for split, graphs in zip(SPLITS, (d.train, d.val, d.test), strict=True):
@@ -142,17 +185,16 @@ class Trainer:
 
     def _task_loss(self, logits: torch.Tensor, graph: dgl.DGLGraph) -> torch.Tensor:
         mask = graph.ndata["train_mask"]
-        labels = graph.ndata["label"][mask]
-        if self.dataset.multilabel:
-            return F.binary_cross_entropy_with_logits(logits[mask], labels)
-        return F.cross_entropy(logits[mask], labels)
+        return task_loss(logits[mask], graph.ndata["label"][mask], self.dataset.multilabel)
 
-    def _batches(self) -> list[dgl.DGLGraph]:
+    def _batches(self) -> list[tuple[list[int], dgl.DGLGraph]]:
+        """This pass's minibatches: (indices into train_graphs in batch order, their disjoint union)."""
         graphs, size = self.train_graphs, self.spec.training.batch_size
         if len(graphs) == 1:
-            return graphs
+            return [([0], graphs[0])]
         order = torch.randperm(len(graphs), generator=self.shuffle).tolist()
-        return [dgl.batch([graphs[j] for j in order[i : i + size]]) for i in range(0, len(order), size)]
+        parts = [order[i : i + size] for i in range(0, len(order), size)]
+        return [(part, dgl.batch([graphs[j] for j in part])) for part in parts]
 
     def _step(self, index: int, loss: torch.Tensor) -> None:
         if self.callbacks.should_cancel and self.callbacks.should_cancel():
@@ -164,71 +206,103 @@ class Trainer:
 
     # --- one epoch ----------------------------------------------------------------------------
 
+    def _refresh_targets(self, index: int) -> None:
+        """Cache student `index`'s distributions of the peer layers on every training graph, with its
+        current weights, in eval mode, without gradient: what its peers learn until it steps again."""
+        model = self.students[index].eval()
+        tau = self.spec.distillation.tau
+        with torch.no_grad():
+            self._targets[index] = [
+                peer_targets(g, model(g, g.ndata["feat"])[1], self.pairs, tau, self.fused) for g in self.train_graphs
+            ]
+
+    def _cached_targets(self, index: int, part: list[int]) -> dict[int, torch.Tensor]:
+        """Student `index`'s cached targets for a batch of the training graphs `part`, in batch order."""
+        cache = self._targets[index]
+        assert cache is not None
+        if len(part) == 1:
+            return cache[part[0]]
+        return {layer: torch.cat([cache[g][layer] for g in part]) for layer in cache[part[0]]}
+
     def _epoch_alternating(self) -> list[tuple[float, float, float, float]]:
         alpha, tau = self.spec.distillation.alpha, self.spec.distillation.tau
+        mine = student_layers(self.pairs)
         out = []
         for i, model in enumerate(self.students):
             t0 = time.perf_counter()
-            sums = [0.0, 0.0, 0.0]
+            if self.pairs:
+                for j in range(len(self.students)):
+                    if j != i and self._targets[j] is None:  # first epoch, or just resumed
+                        self._refresh_targets(j)
+            sums = torch.zeros(3, dtype=torch.float64, device=self.device)
             batches = self._batches()
-            for graph in batches:
-                feat = graph.ndata["feat"]
-                peers = []
-                if self.pairs:
-                    for j, peer in enumerate(self.students):
-                        if j != i:
-                            peer.eval()
-                            with torch.no_grad():
-                                peers.append(peer_targets(graph, peer(graph, feat)[1], self.pairs, tau))
+            for part, graph in batches:
+                peers = [self._cached_targets(j, part) for j in range(len(self.students)) if j != i and self.pairs]
                 model.train()
-                logits, hidden = model(graph, feat)
+                logits, hidden = model(graph, graph.ndata["feat"])
                 task = self._task_loss(logits, graph)
-                distill = distillation_loss(graph, hidden, peers, self.pairs, tau)
+                own = layer_structures(graph, hidden, mine, tau, self.fused)
+                distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
-                for k, v in enumerate((loss, task, distill)):
-                    sums[k] += v.item()
+                sums += torch.stack((loss.detach(), task.detach(), distill.detach())).to(torch.float64)
+            self._targets[i] = None  # its weights moved: stale until refreshed
+            if self.pairs:
+                self._refresh_targets(i)
             n = len(batches)
-            out.append((sums[0] / n, sums[1] / n, sums[2] / n, time.perf_counter() - t0))
+            loss_sum, task_sum, distill_sum = sums.tolist()  # the one device sync of this pass
+            out.append((loss_sum / n, task_sum / n, distill_sum / n, time.perf_counter() - t0))
         return out
 
     def _epoch_simultaneous(self) -> list[tuple[float, float, float, float]]:
         alpha, tau = self.spec.distillation.alpha, self.spec.distillation.tau
         k = len(self.students)
+        layers = sorted(set(student_layers(self.pairs)) | set(peer_layers(self.pairs)))
+        wanted = peer_layers(self.pairs)
         t0 = time.perf_counter()
-        sums = [[0.0, 0.0, 0.0] for _ in range(k)]
+        sums = torch.zeros(k, 3, dtype=torch.float64, device=self.device)
         batches = self._batches()
-        for graph in batches:
+        for _, graph in batches:
             feat = graph.ndata["feat"]
             outs = []
             for model in self.students:
                 model.train()
                 outs.append(model(graph, feat))
-            targets = [peer_targets(graph, hidden, self.pairs, tau) for _, hidden in outs] if self.pairs else []
-            for i, (logits, hidden) in enumerate(outs):
-                peers = [targets[j] for j in range(len(targets)) if j != i]
+            # each (student, layer) distribution once: with gradient for its own loss, detached for its peers
+            own = [layer_structures(graph, hidden, layers, tau, self.fused) for _, hidden in outs]
+            fixed = [{layer: d[layer].detach() for layer in wanted} for d in own]
+            for i, (logits, _) in enumerate(outs):
+                peers = [fixed[j] for j in range(k) if j != i and self.pairs]
                 task = self._task_loss(logits, graph)
-                distill = distillation_loss(graph, hidden, peers, self.pairs, tau)
+                distill = distillation_loss(graph, own[i], peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)  # students share no graph: peers were detached
-                for m, v in enumerate((loss, task, distill)):
-                    sums[i][m] += v.item()
+                sums[i] += torch.stack((loss.detach(), task.detach(), distill.detach())).to(torch.float64)
         n, seconds = len(batches), time.perf_counter() - t0
-        return [(s[0] / n, s[1] / n, s[2] / n, seconds) for s in sums]
+        return [(s[0] / n, s[1] / n, s[2] / n, seconds) for s in sums.tolist()]
 
     # --- evaluation ---------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self, index: int) -> dict[str, float | None]:
+        """Train, val and test scores and the task loss on the validation nodes ('val_loss'), from one
+        forward per evaluation graph."""
         model = self.students[index].eval()
         totals = {s: [0.0, 0.0] for s in SPLITS}
+        val_loss = [0.0, 0.0]
         for graph, masks in self.eval_sets:
             logits = model(graph, graph.ndata["feat"])[0]
             for split, mask in masks.items():
-                num, den = score(logits[mask], graph.ndata["label"][mask], self.dataset.multilabel)
+                labels = graph.ndata["label"][mask]
+                num, den = score(logits[mask], labels, self.dataset.multilabel)
                 totals[split][0] += num
                 totals[split][1] += den
-        return {s: (num / den if den else None) for s, (num, den) in totals.items()}
+                if split == "val" and labels.numel():
+                    val_loss[0] += task_loss(logits[mask], labels, self.dataset.multilabel, "sum").item()
+                    val_loss[1] += labels.numel()
+        scores: dict[str, float | None] = {s: (num / den if den else None) for s, (num, den) in totals.items()}
+        scores["val_loss"] = val_loss[0] / val_loss[1] if val_loss[1] else None
+        return scores
 
     @torch.no_grad()
     def predict(self, index: int, graph: dgl.DGLGraph) -> torch.Tensor:
@@ -249,10 +323,11 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "shuffle_rng": self.shuffle.get_state(),
             "best": [[s.best_val, s.best_epoch, s.test_at_best] for s in self.summaries],
+            "monitor": [[m.best, m.epoch] for m in self.monitors],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != STATE_FORMAT:
+        if state.get("format") not in (1, STATE_FORMAT):
             raise ValueError(f"unsupported training-state format {state.get('format')!r}")
         if JobSpec.model_validate_json(state["spec"]) != self.spec:
             raise ValueError("this training state belongs to a different job spec")
@@ -266,7 +341,12 @@ class Trainer:
         self.shuffle.set_state(state["shuffle_rng"])
         for summary, (val, ep, test) in zip(self.summaries, state["best"], strict=True):
             summary.best_val, summary.best_epoch, summary.test_at_best = val, ep, test
+        # format 1 had no monitor: no early stopping could be asked of it
+        monitored = state.get("monitor") or [[None, 0]] * len(self.monitors)
+        for monitor, (best, ep) in zip(self.monitors, monitored, strict=True):
+            monitor.best, monitor.epoch = best, ep
         self.epoch = state["epoch"]
+        self._targets = [None] * len(self.students)  # recomputed from the loaded weights
 
     def state_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -285,39 +365,67 @@ class Trainer:
             data = student_bytes(model, {"epoch": str(self.epoch), "kind": kind})
             self.callbacks.on_checkpoint(Checkpoint(index, kind, self.epoch, val, data))
 
+    def _watch(self, index: int, scores: dict[str, float | None]) -> None:
+        """Update student `index`'s early-stopping monitor with this epoch's evaluation."""
+        t, monitor = self.spec.training, self.monitors[index]
+        value = scores["val" if t.monitor == "val_score" else "val_loss"]
+        if value is None:
+            return
+        better = -value if t.monitor == "val_loss" else value  # compare as "higher is better"
+        if monitor.best is None or better > monitor.best:
+            monitor.best, monitor.epoch = better, self.epoch
+
+    def _early_stop_reason(self) -> str | None:
+        """Why to stop now: every student went `patience` epochs without a better monitored value."""
+        t = self.spec.training
+        if t.patience is None or self.epoch >= t.epochs:
+            return None
+        if any(m.best is None or self.epoch - m.epoch < t.patience for m in self.monitors):
+            return None
+        last = max(m.epoch for m in self.monitors)
+        return (
+            f"early stop after epoch {self.epoch} of {t.epochs}: no student's {t.monitor} improved for "
+            f"{t.patience} epochs (training.patience); the last improvement was at epoch {last}"
+        )
+
     def run(self, stop_after: int | None = None) -> TrainResult:
-        """Train from the current epoch to the spec's last (or to `stop_after`), or until cancelled."""
+        """Train from the current epoch to the spec's last (or to `stop_after`), until every student
+        stops improving (`training.patience`), or until cancelled."""
         t = self.spec.training
         last = t.epochs if stop_after is None else min(stop_after, t.epochs)
         run_epoch = (
             self._epoch_alternating if self.spec.distillation.schedule == "alternating" else self._epoch_simultaneous
         )
         last_vals: list[float | None] | None = None  # the final epoch is always evaluated
+        stop_reason: str | None = None
         try:
-            while self.epoch < last:
+            while self.epoch < last and stop_reason is None:
                 losses = run_epoch()
                 self.epoch += 1
                 evaluate = self.epoch % t.eval_every == 0 or self.epoch == t.epochs
                 rows = []
                 for i, (loss, task, distill, seconds) in enumerate(losses):
-                    scores = self.evaluate(i) if evaluate else dict.fromkeys(SPLITS)
+                    scores = self.evaluate(i) if evaluate else dict.fromkeys((*SPLITS, "val_loss"))
                     summary = self.summaries[i]
                     val = scores["val"]
                     if val is not None and (summary.best_val is None or val > summary.best_val):
                         summary.best_val, summary.best_epoch, summary.test_at_best = val, self.epoch, scores["test"]
                         self._emit(i, "best", val)
+                    self._watch(i, scores)
                     rows.append(
                         EpochMetrics(self.epoch, i, loss, task, distill, scores["train"], val, scores["test"], seconds)
                     )
-                last_vals = [r.val_score for r in rows]
+                if evaluate:
+                    last_vals = [r.val_score for r in rows]
+                    stop_reason = self._early_stop_reason()
                 if self.callbacks.on_epoch:
                     self.callbacks.on_epoch(rows)
-            if self.epoch == t.epochs and self.callbacks.on_checkpoint:
+            if (self.epoch == t.epochs or stop_reason) and self.callbacks.on_checkpoint:
                 for i in range(len(self.students)):
                     self._emit(i, "final", last_vals[i] if last_vals else self.evaluate(i)["val"])
         except _Cancelled:
             return TrainResult(True, self.epoch, self.summaries)
-        return TrainResult(False, self.epoch, self.summaries)
+        return TrainResult(False, self.epoch, self.summaries, stop_reason)
 
 
 def fit(spec: JobSpec, dataset: GraphDataset, callbacks: Callbacks | None = None) -> TrainResult:

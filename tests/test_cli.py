@@ -100,3 +100,28 @@ def test_datasets_lists_the_registry(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("ppi", "coauthor-cs", "amazon-photo", "cora", "npz", "synthetic"):
         assert name in out
+
+
+def test_threads_come_from_the_flag_or_the_environment(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    spec = write_spec(tmp_path, {**SPEC, "training": {**SPEC["training"], "epochs": 1}})
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("ALIGNAHEAD_TORCH_THREADS", "3")
+        assert main(["train", str(spec), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+        assert torch.get_num_threads() == 3
+        assert main(["train", str(spec), "--out", str(tmp_path / "b"), "--quiet", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_early_stop_is_reported(tmp_path: Path, capsys) -> None:
+    spec = {**SPEC, "training": {**SPEC["training"], "epochs": 500, "patience": 3}}
+    out = tmp_path / "run"
+    assert main(["train", str(write_spec(tmp_path, spec)), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_done"] < 500 and "training.patience" in summary["stop_reason"]
+    assert summary["stop_reason"] in capsys.readouterr().out
+    assert (out / "checkpoints" / "student-1-final.safetensors").is_file()

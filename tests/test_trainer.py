@@ -185,3 +185,45 @@ def test_two_gcn_students_on_cora_reach_published_accuracy() -> None:
     result = Trainer(spec, dataset_for(spec)).run()
     tests = [s.test_at_best for s in result.students]
     assert sum(tests) / len(tests) >= 0.78, tests
+
+
+@pytest.mark.parametrize("monitor", ["val_score", "val_loss"])
+def test_patience_stops_when_no_student_improves(monitor: str) -> None:
+    spec = make_spec(training={"epochs": 300, "patience": 5, "monitor": monitor})
+    dataset = dataset_for(spec)
+    history, saved = History(), []
+    trainer = Trainer(spec, dataset, Callbacks(on_epoch=history, on_checkpoint=saved.append))
+    result = trainer.run()
+    stop = result.epochs_done
+    assert not result.cancelled and stop < 300
+    assert result.stop_reason and f"after epoch {stop} of 300" in result.stop_reason and monitor in result.stop_reason
+    assert max(r.epoch for r in history.rows) == stop
+    # every student went at least `patience` epochs without improving; the last improvement was exactly then
+    assert max(m.epoch for m in trainer.monitors) == stop - 5
+    if monitor == "val_score":
+        for i in (0, 1):
+            vals = [r.val_score for r in history.rows if r.student == i]
+            best_epoch = 1 + vals.index(max(vals))
+            assert trainer.monitors[i].epoch == best_epoch == result.students[i].best_epoch
+            assert stop - best_epoch >= 5
+    finals = {c.student: c for c in saved if c.kind == "final"}
+    assert sorted(finals) == [0, 1] and all(c.epoch == stop for c in finals.values())
+
+
+def test_early_stopping_resumes_to_the_same_stop() -> None:
+    spec = make_spec(training={"epochs": 300, "patience": 4, "monitor": "val_loss"})
+    dataset = dataset_for(spec)
+    straight = Trainer(spec, dataset).run()
+    part = Trainer(spec, dataset)
+    part.run(stop_after=straight.epochs_done - 2)
+    resumed = Trainer(spec, dataset)
+    resumed.load_state_bytes(part.state_bytes())
+    result = resumed.run()
+    assert (result.epochs_done, result.stop_reason) == (straight.epochs_done, straight.stop_reason)
+    assert [s.__dict__ for s in result.students] == [s.__dict__ for s in straight.students]
+
+
+def test_without_patience_every_epoch_runs() -> None:
+    spec = make_spec(training={"epochs": 40})
+    result = Trainer(spec, dataset_for(spec)).run()
+    assert result.epochs_done == 40 and result.stop_reason is None
