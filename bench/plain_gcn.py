@@ -186,7 +186,14 @@ def split_for(graph: Graph, seed: int, train_per_class: int = 20, val_per_class:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("npz", nargs="?", default=str(CORA), help="a GNN-benchmark npz (default: the shared Cora)")
-    p.add_argument("--seeds", type=int, default=10, choices=range(1, 1001), metavar="N", help="seeds 0..N-1, each a new split and new weights")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=10,
+        choices=range(1, 1001),
+        metavar="N",
+        help="seeds 0..N-1, each a new split and new weights",
+    )
     p.add_argument("--features", choices=("row-normalized", "raw"), default="row-normalized")
     p.add_argument("--full-graph", action="store_true", help="keep every component (default: the largest)")
     p.add_argument("--stopping", choices=STOPPING, default="kipf")
@@ -203,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         run = train(graph, split_for(graph, seed), seed, hidden=args.hidden, stopping=args.stopping)
         runs.append(run)
-        print(f"seed {seed}: test {run.test:.4f} val {run.val:.4f} epochs {run.epochs} ({time.perf_counter() - t0:.1f} s)")
+        print(
+            f"seed {seed}: test {run.test:.4f} val {run.val:.4f} epochs {run.epochs} ({time.perf_counter() - t0:.1f} s)"
+        )
     tests = [r.test for r in runs]
     sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
     print(f"plain GCN test accuracy: {100 * statistics.mean(tests):.2f} +- {100 * sd:.2f} % over {len(tests)} seeds")
