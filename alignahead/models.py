@@ -82,7 +82,9 @@ class Student(nn.Module):
             return None
         return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
 
-    def forward(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def hidden_features(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> list[torch.Tensor]:
+        """Each hidden layer's output [N, width] (GAT: heads concatenated), without the output layer:
+        all that a peer's local structure needs."""
         h = feat
         hidden: list[torch.Tensor] = []
         for conv, res in zip(self.layers, self.residuals, strict=True):
@@ -92,7 +94,12 @@ class Student(nn.Module):
                 out = out + res(x)
             hidden.append(out)
             h = out
-        x = self.dropout(h)
+        return hidden
+
+    def forward(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits [N, classes] and every hidden layer's output."""
+        hidden = self.hidden_features(graph, feat)
+        x = self.dropout(hidden[-1])
         logits = self.output(graph, x)
         if logits.dim() == 3:  # GAT output heads are averaged
             logits = logits.mean(1)

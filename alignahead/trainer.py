@@ -7,8 +7,9 @@ Two schedules:
   steps, so its target distributions (no gradient, eval mode) are computed once per training graph
   right after its own pass and cached: one no-grad forward per student per epoch, however many
   students and batches. A batch is a disjoint union of graphs, so its targets are the cached
-  per-graph ones concatenated in batch order; on the CPU they are bit-for-bit what a forward over the
-  batch gives (tested against the uncached loop).
+  per-graph ones concatenated in batch order (tested against the uncached loop: equal, to the last bit
+  where no float kernel rounds by position; see tests/test_trainer_cache.py). On a one-graph dataset,
+  in an epoch that is evaluated, that forward also gives the student's evaluation logits.
 - simultaneous: on each batch every student steps once, each against its peers' detached
   distributions from the same forward pass. Each (student, layer) distribution is computed once per
   step, with gradient for the student's own loss and, detached, as its peers' target.
@@ -162,6 +163,9 @@ class Trainer:
         self.eval_sets = self._eval_sets()
         # alternating: per student, per training graph, {peer layer: log_p [E_graph]}; None = stale
         self._targets: list[list[dict[int, torch.Tensor]] | None] = [None] * len(self.students)
+        # one-graph data: the evaluation logits that a refresh computed with the student's current weights
+        self._one_graph = len(self.eval_sets) == 1 and self.eval_sets[0][0] is self.train_graphs[0]
+        self._eval_logits: dict[int, torch.Tensor] = {}
 
     def _optimizer(self, model: Student) -> torch.optim.Optimizer:
         t = self.spec.training
@@ -199,6 +203,7 @@ class Trainer:
     def _step(self, index: int, loss: torch.Tensor) -> None:
         if self.callbacks.should_cancel and self.callbacks.should_cancel():
             raise _Cancelled
+        self._eval_logits.pop(index, None)  # computed with the weights this step changes
         opt = self.optimizers[index]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,15 +211,26 @@ class Trainer:
 
     # --- one epoch ----------------------------------------------------------------------------
 
+    def _evaluates(self, epoch: int) -> bool:
+        t = self.spec.training
+        return epoch % t.eval_every == 0 or epoch == t.epochs
+
     def _refresh_targets(self, index: int) -> None:
         """Cache student `index`'s distributions of the peer layers on every training graph, with its
-        current weights, in eval mode, without gradient: what its peers learn until it steps again."""
+        current weights, in eval mode, without gradient: what its peers learn until it steps again.
+        On one-graph data, in an epoch that is evaluated, keep the logits for `evaluate` too."""
         model = self.students[index].eval()
         tau = self.spec.distillation.tau
+        keep_logits = self._one_graph and self._evaluates(self.epoch + 1)
+        targets = []
         with torch.no_grad():
-            self._targets[index] = [
-                peer_targets(g, model(g, g.ndata["feat"])[1], self.pairs, tau, self.fused) for g in self.train_graphs
-            ]
+            for g in self.train_graphs:
+                if keep_logits:
+                    self._eval_logits[index], hidden = model(g, g.ndata["feat"])
+                else:
+                    hidden = model.hidden_features(g, g.ndata["feat"])  # the output layer is not needed
+                targets.append(peer_targets(g, hidden, self.pairs, tau, self.fused))
+        self._targets[index] = targets
 
     def _cached_targets(self, index: int, part: list[int]) -> dict[int, torch.Tensor]:
         """Student `index`'s cached targets for a batch of the training graphs `part`, in batch order."""
@@ -227,6 +243,7 @@ class Trainer:
     def _epoch_alternating(self) -> list[tuple[float, float, float, float]]:
         alpha, tau = self.spec.distillation.alpha, self.spec.distillation.tau
         mine = student_layers(self.pairs)
+        self._eval_logits.clear()
         out = []
         for i, model in enumerate(self.students):
             t0 = time.perf_counter()
@@ -291,7 +308,9 @@ class Trainer:
         totals = {s: [0.0, 0.0] for s in SPLITS}
         val_loss = [0.0, 0.0]
         for graph, masks in self.eval_sets:
-            logits = model(graph, graph.ndata["feat"])[0]
+            logits = self._eval_logits.pop(index, None) if self._one_graph else None
+            if logits is None:
+                logits = model(graph, graph.ndata["feat"])[0]
             for split, mask in masks.items():
                 labels = graph.ndata["label"][mask]
                 num, den = score(logits[mask], labels, self.dataset.multilabel)
@@ -347,6 +366,7 @@ class Trainer:
             monitor.best, monitor.epoch = best, ep
         self.epoch = state["epoch"]
         self._targets = [None] * len(self.students)  # recomputed from the loaded weights
+        self._eval_logits.clear()
 
     def state_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -402,7 +422,7 @@ class Trainer:
             while self.epoch < last and stop_reason is None:
                 losses = run_epoch()
                 self.epoch += 1
-                evaluate = self.epoch % t.eval_every == 0 or self.epoch == t.epochs
+                evaluate = self._evaluates(self.epoch)
                 rows = []
                 for i, (loss, task, distill, seconds) in enumerate(losses):
                     scores = self.evaluate(i) if evaluate else dict.fromkeys((*SPLITS, "val_loss"))

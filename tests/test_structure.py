@@ -142,3 +142,27 @@ def test_fused_check_works_when_first_called_without_grad() -> None:
     fresh = FusedL1()
     with torch.no_grad():
         assert fresh.usable(torch.zeros(2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_edge_pairs_give_every_edge_its_own_distance(symmetric: bool) -> None:
+    from alignahead.structure import EdgePairs, edge_distances
+
+    g = random_graph(80, 400, 5)
+    if symmetric:
+        g = dgl.add_self_loop(dgl.to_bidirected(dgl.remove_self_loop(g)))
+    pairs = EdgePairs.of(g)
+    src, dst = g.edges()
+    assert (pairs.src <= pairs.dst).all()
+    # each edge maps to the pair of its two end nodes
+    assert torch.equal(torch.minimum(src, dst), pairs.src[pairs.index])
+    assert torch.equal(torch.maximum(src, dst), pairs.dst[pairs.index])
+    if symmetric:  # both directions share one pair; self-loops have their own
+        assert len(pairs.src) == (g.num_edges() - g.num_nodes()) // 2 + g.num_nodes()
+    h = torch.randn(80, 16, dtype=torch.float64, requires_grad=True)
+    for fused in (True, False):
+        d = edge_distances(g, h, fused)
+        assert torch.equal(d.detach(), edge_l1_plain(h, src, dst).detach())  # |a - b| = |b - a| exactly
+        grad = torch.autograd.grad((d * torch.arange(len(d))).sum(), h)[0]
+        plain = torch.autograd.grad((edge_l1_plain(h, src, dst) * torch.arange(len(d))).sum(), h)[0]
+        torch.testing.assert_close(grad, plain, rtol=1e-12, atol=1e-9)
