@@ -9,7 +9,9 @@ Two schedules:
   students and batches. A batch is a disjoint union of graphs, so its targets are the cached
   per-graph ones concatenated in batch order (tested against the uncached loop: equal, to the last bit
   where no float kernel rounds by position; see tests/test_trainer_cache.py). On a one-graph dataset,
-  in an epoch that is evaluated, that forward also gives the student's evaluation logits.
+  in an epoch that is evaluated, that forward also gives the student's evaluation logits; and where
+  the student has no dropout, train and eval mode compute the same thing, so that forward is run with
+  gradient and kept as the student's next training forward: one forward per student per epoch.
 - simultaneous: on each batch every student steps once, each against its peers' detached
   distributions from the same forward pass. Each (student, layer) distribution is computed once per
   step, with gradient for the student's own loss and, detached, as its peers' target.
@@ -166,6 +168,8 @@ class Trainer:
         # one-graph data: the evaluation logits that a refresh computed with the student's current weights
         self._one_graph = len(self.eval_sets) == 1 and self.eval_sets[0][0] is self.train_graphs[0]
         self._eval_logits: dict[int, torch.Tensor] = {}
+        # one-graph data, no dropout: a refresh forward kept, with its graph, as the student's next step's
+        self._kept: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def _optimizer(self, model: Student) -> torch.optim.Optimizer:
         t = self.spec.training
@@ -219,9 +223,18 @@ class Trainer:
         """Cache student `index`'s distributions of the peer layers on every training graph, with its
         current weights, in eval mode, without gradient: what its peers learn until it steps again.
         On one-graph data, in an epoch that is evaluated, keep the logits for `evaluate` too."""
-        model = self.students[index].eval()
+        model = self.students[index]
         tau = self.spec.distillation.tau
+        if self._one_graph and model.config.dropout == 0:  # train mode == eval mode: keep it for the next step
+            g = self.train_graphs[0]
+            logits, hidden = model.train()(g, g.ndata["feat"])
+            self._kept[index] = (logits, hidden)
+            self._targets[index] = [peer_targets(g, hidden, self.pairs, tau, self.fused)]
+            if self._evaluates(self.epoch + 1):
+                self._eval_logits[index] = logits.detach()
+            return
         keep_logits = self._one_graph and self._evaluates(self.epoch + 1)
+        model.eval()
         targets = []
         with torch.no_grad():
             for g in self.train_graphs:
@@ -253,10 +266,12 @@ class Trainer:
                         self._refresh_targets(j)
             sums = torch.zeros(3, dtype=torch.float64, device=self.device)
             batches = self._batches()
+            kept = self._kept.pop(i, None)  # one graph: the forward of its last refresh, same weights
             for part, graph in batches:
                 peers = [self._cached_targets(j, part) for j in range(len(self.students)) if j != i and self.pairs]
                 model.train()
-                logits, hidden = model(graph, graph.ndata["feat"])
+                logits, hidden = kept if kept is not None else model(graph, graph.ndata["feat"])
+                kept = None
                 task = self._task_loss(logits, graph)
                 own = layer_structures(graph, hidden, mine, tau, self.fused)
                 distill = distillation_loss(graph, own, peers, self.pairs)
@@ -367,6 +382,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self._targets = [None] * len(self.students)  # recomputed from the loaded weights
         self._eval_logits.clear()
+        self._kept.clear()
 
     def state_bytes(self) -> bytes:
         buf = io.BytesIO()

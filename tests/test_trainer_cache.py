@@ -148,6 +148,14 @@ def test_on_graphs_of_any_size_the_cache_agrees_to_rounding(schedule: str) -> No
     assert fast_summary == slow_summary  # scores: the same predictions
 
 
-def test_one_graph_alternating_equals_the_recomputing_loop() -> None:
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_one_graph_alternating_equals_the_recomputing_loop(dropout: float) -> None:
+    """One graph: with dropout each refresh is its own eval-mode forward; without, the refresh forward
+    is also the student's next training forward (and its evaluation): the numbers must not change."""
     spec = multigraph_spec("alternating", dataset={"name": "synthetic", "synthetic": {"num_nodes": 150}})
+    students = [{**s.model_dump(), "dropout": dropout} for s in spec.students]
+    spec = spec.model_copy(update={"students": [type(spec.students[0])(**s) for s in students]})
+    trainer = Trainer(spec, load_dataset(spec.dataset, seed=spec.training.seed), fused=True)
+    trainer.run(stop_after=1)
+    assert bool(trainer._kept) == (dropout == 0)  # the path under test is really taken
     assert train(Trainer, spec, True) == train(Recomputing, spec, True)
