@@ -9,9 +9,10 @@ Two schedules:
   students and batches. A batch is a disjoint union of graphs, so its targets are the cached
   per-graph ones concatenated in batch order (tested against the uncached loop: equal, to the last bit
   where no float kernel rounds by position; see tests/test_trainer_cache.py). On a one-graph dataset,
-  in an epoch that is evaluated, that forward also gives the student's evaluation logits; and where
-  the student has no dropout, train and eval mode compute the same thing, so that forward is run with
-  gradient and kept as the student's next training forward: one forward per student per epoch.
+  in an epoch that is evaluated, that forward also gives the student's evaluation logits; and, with
+  `reuse_forward` (alignahead.runtime), where the student has no dropout, train and eval mode compute
+  the same thing, so that forward is run with gradient and kept as the student's next training forward:
+  one forward per student per epoch, for k - 1 students' activations held at once.
 - simultaneous: on each batch every student steps once, each against its peers' detached
   distributions from the same forward pass. Each (student, layer) distribution is computed once per
   step, with gradient for the student's own loss and, detached, as its peers' target.
@@ -142,13 +143,16 @@ class Trainer:
         callbacks: Callbacks | None = None,
         *,
         fused: bool | None = None,
+        reuse_forward: bool | None = None,
     ) -> None:
-        """`fused`: use the compiled edge-distance kernel; None reads ALIGNAHEAD_FUSED_DISTANCE (default on)."""
+        """`fused`, `reuse_forward`: None reads them from the environment (alignahead.runtime)."""
         self.spec = spec
         self.dataset = dataset
         self.callbacks = callbacks or Callbacks()
         self.device = resolve_device(spec.training.device)
-        self.fused = RuntimeSettings().fused_distance if fused is None else fused
+        runtime = RuntimeSettings()
+        self.fused = runtime.fused_distance if fused is None else fused
+        self.reuse_forward = runtime.reuse_forward if reuse_forward is None else reuse_forward
         t = spec.training
         torch.manual_seed(t.seed)  # model initialisation depends on the seed alone
         self.students: list[Student] = [
@@ -225,7 +229,7 @@ class Trainer:
         On one-graph data, in an epoch that is evaluated, keep the logits for `evaluate` too."""
         model = self.students[index]
         tau = self.spec.distillation.tau
-        if self._one_graph and model.config.dropout == 0:  # train mode == eval mode: keep it for the next step
+        if self.reuse_forward and self._one_graph and model.config.dropout == 0:  # train == eval mode: keep it
             g = self.train_graphs[0]
             logits, hidden = model.train()(g, g.ndata["feat"])
             self._kept[index] = (logits, hidden)

@@ -115,10 +115,12 @@ def aligned_graphs(count: int = 7, n: int = 64, features: int = 12, classes: int
     return GraphDataset("aligned", features, classes, False, graphs[:5], graphs[5:6], graphs[6:])
 
 
-def train(cls: type[Trainer], spec: JobSpec, fused: bool, dataset: GraphDataset | None = None) -> tuple[list, list]:
+def train(
+    cls: type[Trainer], spec: JobSpec, fused: bool, dataset: GraphDataset | None = None, reuse: bool = False
+) -> tuple[list, list]:
     history = History()
     dataset = dataset or load_dataset(spec.dataset, seed=spec.training.seed)
-    result = cls(spec, dataset, Callbacks(history), fused=fused).run()
+    result = cls(spec, dataset, Callbacks(history), fused=fused, reuse_forward=reuse).run()
     rows = [(r.epoch, r.student, r.loss, r.task_loss, r.distill_loss, r.val_score, r.test_score) for r in history.rows]
     return rows, [s.__dict__ for s in result.students]
 
@@ -150,12 +152,14 @@ def test_on_graphs_of_any_size_the_cache_agrees_to_rounding(schedule: str) -> No
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_one_graph_alternating_equals_the_recomputing_loop(dropout: float) -> None:
-    """One graph: with dropout each refresh is its own eval-mode forward; without, the refresh forward
-    is also the student's next training forward (and its evaluation): the numbers must not change."""
+    """One graph: with dropout each refresh is its own eval-mode forward; without, and with reuse_forward,
+    the refresh forward is also the student's next training forward: the numbers must not change."""
     spec = multigraph_spec("alternating", dataset={"name": "synthetic", "synthetic": {"num_nodes": 150}})
     students = [{**s.model_dump(), "dropout": dropout} for s in spec.students]
     spec = spec.model_copy(update={"students": [type(spec.students[0])(**s) for s in students]})
-    trainer = Trainer(spec, load_dataset(spec.dataset, seed=spec.training.seed), fused=True)
+    trainer = Trainer(spec, load_dataset(spec.dataset, seed=spec.training.seed), fused=True, reuse_forward=True)
     trainer.run(stop_after=1)
     assert bool(trainer._kept) == (dropout == 0)  # the path under test is really taken
-    assert train(Trainer, spec, True) == train(Recomputing, spec, True)
+    expected = train(Recomputing, spec, True)
+    assert train(Trainer, spec, True, reuse=True) == expected
+    assert train(Trainer, spec, True, reuse=False) == expected
