@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 import torch
 from client_helpers import LiveServer
 from sqlalchemy import text
-from svc_helpers import Service, long_spec, npz_bytes, small_spec
+from svc_helpers import ROOT, Service, long_spec, npz_bytes, small_spec
 
 import alignahead
 from alignahead.client import Client, JobFailed, NotFound, RetryPolicy, ValidationFailed
@@ -150,3 +154,25 @@ def test_uploaded_graph_inference_and_a_failed_job(client: Client, service: Serv
     with pytest.raises(JobFailed, match=f"job {failing.id} failed: .*npz"):
         failing.wait(progress=False)
     assert failing.wait(progress=False, raise_on_failure=False).status == "failed"
+
+
+def test_quickstart_example_runs_as_written(live: str, client: Client, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
+    env |= {"ALIGNAHEAD_URL": live, "PYTHONPATH": str(ROOT)}
+    script = ROOT / "examples" / "quickstart.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--out", "curves.png"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    job_id = re.search(r"submitted job ([0-9a-f]{32})", r.stdout).group(1)
+    pattern = r"best student: (\d+) .* its test accuracy: ([0-9.]+) \(the service reported ([0-9.]+)\)"
+    found = re.search(pattern, r.stdout)
+    assert found, r.stdout
+    assert found.group(2) == found.group(3)
+    job = client.job(job_id)
+    assert job.status == "succeeded"
+    best = max(job.students, key=lambda s: s["best_val"])
+    assert int(found.group(1)) == best["student"] and f"{best['test_at_best']:.4f}" == found.group(2)
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000  # four panels of curves, not an empty canvas
