@@ -422,3 +422,37 @@ def test_logs_and_a_service_without_them() -> None:
     )
     with pytest.raises(NotFound, match="keeps no job logs"):
         job_of(client).logs()
+
+
+def test_waits_time_out_even_when_nothing_happens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from alignahead.client import events as events_module
+
+    def queued(request: httpx.Request, n: int) -> httpx.Response:
+        if request.url.path.endswith("/metrics"):
+            return page([], 0)
+        return httpx.Response(200, json=job_json("queued"))
+
+    client, _, _ = make_client(queued)
+    client._http.events_supported = False  # as after a 404 from /events
+    with pytest.raises(TimeoutError, match="job j1 still queued when the wait timed out"):
+        job_of(client).wait(progress=False, timeout=0)
+
+    # on the stream: a quiet connection whose read times out after the deadline
+    now = [0.0]
+    monkeypatch.setattr(events_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
+    def quiet(body: bytes) -> Iterator[bytes]:
+        yield body
+        now[0] += 100
+        raise httpx.ReadTimeout("no data")
+
+    def running(request: httpx.Request, n: int) -> httpx.Response:
+        body = sse(("status", job_json("running"), None))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=quiet(body))
+
+    client, script, _ = make_client(running)
+    with pytest.raises(TimeoutError, match="job j1 still running"):
+        list(job_of(client).events(timeout=30))
+    assert len(script.requests) == 1

@@ -10,6 +10,7 @@ rows are passed on once each even if a server repeats one. Where the service has
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,16 +52,27 @@ def metric_pages(http: Http, job_id: str, since: int = 0, page: int = 1000, **pa
         since = body["next_since"]
 
 
-def follow(http: Http, job_id: str, *, since: int = 0, poll_interval: float = 1.0) -> Iterator[Event]:
-    """Events of one job until it ends (its last event is a status whose status is finished)."""
+def follow(
+    http: Http, job_id: str, *, since: int = 0, poll_interval: float = 1.0, timeout: float | None = None
+) -> Iterator[Event]:
+    """Events of one job until it ends (its last event is a status whose status is finished).
+
+    `timeout`: raise TimeoutError after that many seconds, whether or not events come meanwhile.
+    """
     cursor = _Cursor(since)
+    deadline = None if timeout is None else time.monotonic() + timeout
     if http.events_supported:
         try:
-            yield from _stream(http, job_id, cursor)
+            yield from _stream(http, job_id, cursor, deadline)
             return
         except _NoStream:
             http.events_supported = False  # remembered for this client's later jobs
-    yield from _poll(http, job_id, cursor, poll_interval)
+    yield from _poll(http, job_id, cursor, poll_interval, deadline)
+
+
+def _check_deadline(job_id: str, cursor: _Cursor, deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(f"job {job_id} still {cursor.status or 'unfinished'} when the wait timed out")
 
 
 def _check_job_exists(http: Http, job_id: str) -> None:
@@ -68,10 +80,12 @@ def _check_job_exists(http: Http, job_id: str) -> None:
     http.json("GET", f"/v1/jobs/{job_id}")
 
 
-def _stream(http: Http, job_id: str, cursor: _Cursor) -> Iterator[Event]:
+def _stream(http: Http, job_id: str, cursor: _Cursor, deadline: float | None) -> Iterator[Event]:
     failures = 0
-    timeout = httpx.Timeout(http.client.timeout.connect, read=STREAM_READ_TIMEOUT)
     while True:
+        _check_deadline(job_id, cursor, deadline)
+        read = STREAM_READ_TIMEOUT if deadline is None else min(STREAM_READ_TIMEOUT, deadline - time.monotonic())
+        timeout = httpx.Timeout(http.client.timeout.connect, read=max(read, 0.05))
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
         if cursor.seq:
             headers["Last-Event-ID"] = str(cursor.seq)
@@ -98,6 +112,9 @@ def _stream(http: Http, job_id: str, cursor: _Cursor) -> Iterator[Event]:
             if e.status_code == 404:
                 _check_job_exists(http, job_id)
             raise _NoStream from e
+        except httpx.ReadTimeout:
+            _check_deadline(job_id, cursor, deadline)
+            continue  # quiet for STREAM_READ_TIMEOUT: reopen from the last seq
         except (httpx.TransportError, httpx.StreamError):
             pass  # dropped mid-stream: reopen from the last seq
         # the stream closed (or dropped) before the job ended: reconnect, backing off if nothing came
@@ -110,7 +127,7 @@ def _stream(http: Http, job_id: str, cursor: _Cursor) -> Iterator[Event]:
         http.retry.sleep(http.retry.delay(failures))
 
 
-def _poll(http: Http, job_id: str, cursor: _Cursor, interval: float) -> Iterator[Event]:
+def _poll(http: Http, job_id: str, cursor: _Cursor, interval: float, deadline: float | None) -> Iterator[Event]:
     last: dict[str, Any] | None = None
     while True:
         job = http.json("GET", f"/v1/jobs/{job_id}")  # read first: rows stored before it ended follow
@@ -123,4 +140,5 @@ def _poll(http: Http, job_id: str, cursor: _Cursor, interval: float) -> Iterator
             yield Event("status", job)
         if job["status"] in FINISHED:
             return
-        http.retry.sleep(interval)
+        _check_deadline(job_id, cursor, deadline)
+        http.retry.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -110,9 +109,11 @@ class Job:
 
     # --- following it -------------------------------------------------------------------------
 
-    def events(self, since: int = 0, poll_interval: float = 1.0) -> Iterator[Event]:
-        """Status changes and metric rows (seq > since) as they happen, until the job ends."""
-        for event in follow(self._http, self.id, since=since, poll_interval=poll_interval):
+    def events(self, since: int = 0, poll_interval: float = 1.0, timeout: float | None = None) -> Iterator[Event]:
+        """Status changes and metric rows (seq > since) as they happen, until the job ends.
+
+        TimeoutError after `timeout` seconds (the job goes on)."""
+        for event in follow(self._http, self.id, since=since, poll_interval=poll_interval, timeout=timeout):
             if event.kind == "status":
                 self.data = event.data
             yield event
@@ -131,14 +132,11 @@ class Job:
         Raises JobFailed when it ends `failed` (unless raise_on_failure=False) and TimeoutError after
         `timeout` seconds (the job keeps running). A cancelled job is returned as it is.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         bar = EpochBar(self.refresh().data, enabled=progress, file=file)
         try:
             if not self.done:
-                for event in self.events(poll_interval=poll_interval):
+                for event in self.events(poll_interval=poll_interval, timeout=timeout):
                     bar.update(event)
-                    if deadline is not None and time.monotonic() > deadline and not self.done:
-                        raise TimeoutError(f"job {self.id} still {self.status} after {timeout} s")
         finally:
             bar.close()
         if self.status == "failed" and raise_on_failure:
