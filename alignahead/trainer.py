@@ -402,7 +402,9 @@ class Trainer:
     def _emit(self, index: int, kind: str, val: float | None) -> None:
         if self.callbacks.on_checkpoint:
             model = self.students[index]
-            data = student_bytes(model, {"epoch": str(self.epoch), "kind": kind})
+            # the dataset section and seed rebuild the graph it was trained on: alignahead.load_graph
+            meta = {"epoch": str(self.epoch), "kind": kind, "dataset": self.spec.dataset.model_dump_json()}
+            data = student_bytes(model, {**meta, "seed": str(self.spec.training.seed)})
             self.callbacks.on_checkpoint(Checkpoint(index, kind, self.epoch, val, data))
 
     def _watch(self, index: int, scores: dict[str, float | None]) -> None:
