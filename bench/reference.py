@@ -20,6 +20,7 @@ and peers run in eval mode under no_grad.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -141,7 +142,7 @@ def run_reference(
     """Train as the published code does; returns timings, per-epoch losses and scores per student.
 
     Keys: epoch_seconds (wall per epoch, evaluation included), eval_seconds (its evaluation part),
-    epoch_cpu_seconds and eval_cpu_seconds (the same in this process's CPU time),
+    epoch_cpu_seconds and eval_cpu_seconds (the same in this process's CPU time), epoch_minor_faults,
     losses (per epoch, per student: mean over batches of (loss, label, lsp)), init_checksum, and
     students (best_val, best_epoch, test_at_best, final_val, final_test).
     """
@@ -167,13 +168,14 @@ def run_reference(
     eval_seconds: list[float] = []
     epoch_cpu: list[float] = []
     eval_cpu: list[float] = []
+    epoch_faults: list[int] = []
     losses: list[list[tuple[float, float, float]]] = []
     best: list[dict[str, Any]] = [{"best_val": None, "best_epoch": None, "test_at_best": None} for _ in models]
     final: list[dict[str, float | None]] = [{"val": None, "test": None} for _ in models]
 
     for epoch in range(1, t.epochs + 1):
         _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         row = []
         for i, model in enumerate(models):
             sums = [0.0, 0.0, 0.0]
@@ -220,6 +222,7 @@ def run_reference(
         eval_seconds.append(t2 - t1)
         epoch_cpu.append(c2 - c0)
         eval_cpu.append(c2 - c1)
+        epoch_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         if on_epoch:
             on_epoch(epoch, row)
 
@@ -229,6 +232,7 @@ def run_reference(
         "eval_seconds": eval_seconds,
         "epoch_cpu_seconds": epoch_cpu,
         "eval_cpu_seconds": eval_cpu,
+        "epoch_minor_faults": epoch_faults,
         "losses": losses,
         "init_checksum": checksum,
         "students": students,
