@@ -23,6 +23,7 @@ Per-step losses stay on the device and are read once per epoch (no `.item()` syn
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,16 +38,23 @@ from alignahead.models import Student, StudentConfig
 from alignahead.runtime import RuntimeSettings
 from alignahead.spec import JobSpec
 from alignahead.structure import (
+    Target,
+    concat_targets,
     distillation_loss,
+    kernel_structure,
+    layer_distances,
     layer_pairs,
-    layer_structures,
     peer_layers,
     peer_targets,
     student_layers,
+    targets_from,
 )
+
+log = logging.getLogger("alignahead.trainer")
 
 STATE_FORMAT = 2  # 2 added the early-stopping monitor; format 1 states still load
 SPLITS = ("train", "val", "test")
+FLAT_EPOCHS, FLAT_LOSS = 3, 1e-6  # a distillation loss below this over the first epochs: warn, it teaches nothing
 
 
 @dataclass
@@ -167,13 +175,14 @@ class Trainer:
         self.monitors = [_Monitor() for _ in self.students]
         self.train_graphs = [g.to(self.device) for g in dataset.train]
         self.eval_sets = self._eval_sets()
-        # alternating: per student, per training graph, {peer layer: log_p [E_graph]}; None = stale
-        self._targets: list[list[dict[int, torch.Tensor]] | None] = [None] * len(self.students)
+        # alternating: per student, per training graph, {peer layer: its fixed distribution}; None = stale
+        self._targets: list[list[dict[int, Target]] | None] = [None] * len(self.students)
         # one-graph data: the evaluation logits that a refresh computed with the student's current weights
         self._one_graph = len(self.eval_sets) == 1 and self.eval_sets[0][0] is self.train_graphs[0]
         self._eval_logits: dict[int, torch.Tensor] = {}
         # one-graph data, no dropout: a refresh forward kept, with its graph, as the student's next step's
         self._kept: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._flat = 0.0  # the largest distillation loss of the first epochs
 
     def _optimizer(self, model: Student) -> torch.optim.Optimizer:
         t = self.spec.training
@@ -249,16 +258,14 @@ class Trainer:
                 targets.append(peer_targets(g, hidden, self.pairs, tau, self.fused))
         self._targets[index] = targets
 
-    def _cached_targets(self, index: int, part: list[int]) -> dict[int, torch.Tensor]:
+    def _cached_targets(self, index: int, part: list[int]) -> dict[int, Target]:
         """Student `index`'s cached targets for a batch of the training graphs `part`, in batch order."""
         cache = self._targets[index]
         assert cache is not None
-        if len(part) == 1:
-            return cache[part[0]]
-        return {layer: torch.cat([cache[g][layer] for g in part]) for layer in cache[part[0]]}
+        return concat_targets([cache[g] for g in part])
 
     def _epoch_alternating(self) -> list[tuple[float, float, float, float]]:
-        alpha, tau = self.spec.distillation.alpha, self.spec.distillation.tau
+        alpha = self.spec.distillation.alpha
         mine = student_layers(self.pairs)
         self._eval_logits.clear()
         out = []
@@ -277,7 +284,7 @@ class Trainer:
                 logits, hidden = kept if kept is not None else model(graph, graph.ndata["feat"])
                 kept = None
                 task = self._task_loss(logits, graph)
-                own = layer_structures(graph, hidden, mine, tau, self.fused)
+                own = layer_distances(graph, hidden, mine, self.fused)
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
@@ -304,13 +311,17 @@ class Trainer:
             for model in self.students:
                 model.train()
                 outs.append(model(graph, feat))
-            # each (student, layer) distribution once: with gradient for its own loss, detached for its peers
-            own = [layer_structures(graph, hidden, layers, tau, self.fused) for _, hidden in outs]
-            fixed = [{layer: d[layer].detach() for layer in wanted} for d in own]
+            distances = [layer_distances(graph, hidden, layers, self.fused) for _, hidden in outs]
+            if tau == "auto":  # each student's side is computed at each peer's own bandwidth
+                computed: list[dict[int, torch.Tensor] | None] = [None] * k
+                fixed = [targets_from(graph, {layer: d[layer] for layer in wanted}, tau) for d in distances]
+            else:  # each (student, layer) distribution once: with gradient for its loss, detached for its peers
+                computed = [{layer: kernel_structure(graph, d[layer], tau) for layer in layers} for d in distances]
+                fixed = [{layer: Target(c[layer].detach(), tau) for layer in wanted} for c in computed]
             for i, (logits, _) in enumerate(outs):
                 peers = [fixed[j] for j in range(k) if j != i and self.pairs]
                 task = self._task_loss(logits, graph)
-                distill = distillation_loss(graph, own[i], peers, self.pairs)
+                distill = distillation_loss(graph, distances[i], peers, self.pairs, computed[i])
                 loss = task + alpha * distill
                 self._step(i, loss)  # students share no graph: peers were detached
                 sums[i] += torch.stack((loss.detach(), task.detach(), distill.detach())).to(torch.float64)
@@ -407,6 +418,20 @@ class Trainer:
             data = student_bytes(model, {**meta, "seed": str(self.spec.training.seed)})
             self.callbacks.on_checkpoint(Checkpoint(index, kind, self.epoch, val, data))
 
+    def _warn_if_flat(self, rows: list[EpochMetrics]) -> None:
+        """Warn once when every student's distillation loss stayed below FLAT_LOSS for the first
+        FLAT_EPOCHS epochs: the kernel sees every edge alike at this tau, so distillation does nothing."""
+        if not self.pairs or self.epoch > FLAT_EPOCHS:
+            return
+        self._flat = max(self._flat, *(r.distill_loss for r in rows))
+        if self.epoch == min(FLAT_EPOCHS, self.spec.training.epochs) and self._flat < FLAT_LOSS:
+            log.warning(
+                "distillation loss below %g for the first %d epoch(s) (at most %.3g): at tau %s every edge of a "
+                "node weighs alike, so the students have no local structure to learn from each other; set "
+                "distillation.tau to 'auto' (or nearer the layers' edge L1 distances)",
+                FLAT_LOSS, self.epoch, self._flat, self.spec.distillation.tau,
+            )  # fmt: skip
+
     def _watch(self, index: int, scores: dict[str, float | None]) -> None:
         """Update student `index`'s early-stopping monitor with this epoch's evaluation."""
         t, monitor = self.spec.training, self.monitors[index]
@@ -457,6 +482,7 @@ class Trainer:
                     rows.append(
                         EpochMetrics(self.epoch, i, loss, task, distill, scores["train"], val, scores["test"], seconds)
                     )
+                self._warn_if_flat(rows)
                 if evaluate:
                     last_vals = [r.val_score for r in rows]
                     stop_reason = self._early_stop_reason()

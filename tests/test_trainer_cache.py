@@ -22,7 +22,7 @@ import torch
 
 from alignahead import JobSpec
 from alignahead.datasets import GraphDataset, load_dataset
-from alignahead.structure import distillation_loss, layer_structures, peer_targets, student_layers
+from alignahead.structure import distillation_loss, layer_distances, peer_targets, student_layers
 from alignahead.trainer import Callbacks, History, Trainer
 
 
@@ -45,7 +45,7 @@ class Recomputing(Trainer):
                 model.train()
                 logits, hidden = model(graph, feat)
                 task = self._task_loss(logits, graph)
-                own = layer_structures(graph, hidden, student_layers(self.pairs), tau, self.fused)
+                own = layer_distances(graph, hidden, student_layers(self.pairs), self.fused)
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
@@ -66,7 +66,7 @@ class Recomputing(Trainer):
             for i, (logits, hidden) in enumerate(outs):
                 peers = [targets[j] for j in range(len(outs)) if j != i and self.pairs]
                 task = self._task_loss(logits, graph)
-                own = layer_structures(graph, hidden, student_layers(self.pairs), tau, self.fused)
+                own = layer_distances(graph, hidden, student_layers(self.pairs), self.fused)
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
@@ -163,3 +163,14 @@ def test_one_graph_alternating_equals_the_recomputing_loop(dropout: float) -> No
     expected = train(Recomputing, spec, True)
     assert train(Trainer, spec, True, reuse=True) == expected
     assert train(Trainer, spec, True, reuse=False) == expected
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
+def test_tau_auto_cached_equals_the_recomputing_loop(schedule: str) -> None:
+    """tau 'auto' is taken per graph of a batch, so the per-graph cache gives the batch's numbers."""
+    spec = multigraph_spec(schedule)
+    spec = spec.model_copy(update={"distillation": spec.distillation.model_copy(update={"tau": "auto"})})
+    dataset = aligned_graphs()
+    fast, slow = train(Trainer, spec, True, dataset), train(Recomputing, spec, True, dataset)
+    assert all(r[4] > 1e-3 for r in fast[0])
+    assert fast == slow
