@@ -49,7 +49,11 @@ def read_metadata(data: bytes) -> dict[str, str]:
 
 
 def load_student(source: str | Path | bytes, device: str | torch.device = "cpu") -> Student:
-    """Rebuild a student from a checkpoint (a path or the file's bytes) and load its weights."""
+    """Rebuild a student from a checkpoint (a path or the file's bytes) and load its weights.
+
+    The student's `metadata` holds the checkpoint's: epoch, kind and, for checkpoints written by the
+    trainer, the dataset section and seed it was trained on.
+    """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     meta = read_metadata(data)
     if meta.get("format") != FORMAT:
@@ -60,4 +64,5 @@ def load_student(source: str | Path | bytes, device: str | torch.device = "cpu")
     except (SafetensorError, RuntimeError) as e:
         raise ValueError(f"corrupt checkpoint: {e}") from e
     model.load_state_dict(state, strict=True)
+    model.metadata = meta  # alignahead.load_graph(model) rebuilds its training graph from it
     return model.to(device).eval()

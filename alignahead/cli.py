@@ -1,4 +1,6 @@
 """`alignahead train SPEC` runs a job locally; `alignahead datasets` lists what can be trained on.
+The service commands (`submit`, `jobs`, `status`, `wait`, `metrics`, `cancel`, `delete`, `download`,
+`logs`, `upload`) talk to a running service: see alignahead/client/cli.py.
 
 An output folder holds spec.json, metrics.jsonl (one row per student per epoch), checkpoints/
 (student-<i>-best|final.safetensors), state.pt (for --resume) and summary.json.
@@ -11,15 +13,16 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import ValidationError
-from tqdm import tqdm
 
-from alignahead.datasets import DatasetError, list_datasets, load_dataset
-from alignahead.runtime import set_torch_threads
+from alignahead.client.cli import add_commands
 from alignahead.spec import JobSpec
-from alignahead.trainer import Callbacks, Checkpoint, EpochMetrics, Trainer
+
+if TYPE_CHECKING:  # torch and DGL load only for the commands that train
+    from alignahead.trainer import Checkpoint, EpochMetrics, Trainer
 
 
 def read_spec(path: Path) -> JobSpec:
@@ -77,6 +80,12 @@ class RunFolder:
 
 
 def train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alignahead.datasets import DatasetError, load_dataset
+    from alignahead.runtime import set_torch_threads
+    from alignahead.trainer import Callbacks, Trainer
+
     spec = read_spec(Path(args.spec))
     set_torch_threads(args.threads)
     if args.device:
@@ -135,6 +144,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def datasets(_: argparse.Namespace) -> int:
+    from alignahead.datasets import list_datasets
+
     for info in list_datasets():
         print(f"{info.name:18} {info.kind:10} {info.description}")
     return 0
@@ -161,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=train)
     d = sub.add_parser("datasets", help="list the dataset registry")
     d.set_defaults(func=datasets)
+    add_commands(sub)
     args = parser.parse_args(argv)
     if getattr(args, "state_every", 1) < 1:
         parser.error("--state-every must be at least 1")

@@ -48,6 +48,8 @@ class Student(nn.Module):
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         self.config = config
+        # a loaded checkpoint's metadata (epoch, kind, and the dataset section and seed it was trained on)
+        self.metadata: dict[str, str] = {}
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList()
         self.residuals = nn.ModuleList()
@@ -82,7 +84,9 @@ class Student(nn.Module):
             return None
         return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
 
-    def forward(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def hidden_features(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> list[torch.Tensor]:
+        """Each hidden layer's output [N, width] (GAT: heads concatenated), without the output layer:
+        all that a peer's local structure needs."""
         h = feat
         hidden: list[torch.Tensor] = []
         for conv, res in zip(self.layers, self.residuals, strict=True):
@@ -92,13 +96,45 @@ class Student(nn.Module):
                 out = out + res(x)
             hidden.append(out)
             h = out
-        x = self.dropout(h)
+        return hidden
+
+    def forward(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits [N, classes] and every hidden layer's output."""
+        hidden = self.hidden_features(graph, feat)
+        x = self.dropout(hidden[-1])
         logits = self.output(graph, x)
         if logits.dim() == 3:  # GAT output heads are averaged
             logits = logits.mean(1)
         if self.output_residual is not None:
             logits = logits + self.output_residual(x)
         return logits, hidden
+
+    @torch.no_grad()
+    def predict(self, graph: dgl.DGLGraph, feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, num_classes] for every node of `graph`, in eval mode and without gradients.
+
+        `feat` defaults to graph.ndata['feat'] and must be float [N, config.in_feats]. The students were
+        trained on graphs with symmetric edges and exactly one self-loop per node
+        (`dgl.add_self_loop(dgl.remove_self_loop(g))`); other graphs run but predict worse. Single-label
+        data: the class is logits.argmax(1); multilabel: the labels with logits > 0. The module's
+        train/eval mode is restored afterwards, the graph and features are moved to its device.
+        """
+        if feat is None:
+            if "feat" not in graph.ndata:
+                raise ValueError("the graph has no ndata['feat']; pass the node features as `feat`")
+            feat = graph.ndata["feat"]
+        if feat.dim() != 2 or feat.shape[0] != graph.num_nodes() or feat.shape[1] != self.config.in_feats:
+            raise ValueError(
+                f"features must be [num_nodes={graph.num_nodes()}, in_feats={self.config.in_feats}] "
+                f"(the width this student was trained with), got {list(feat.shape)}"
+            )
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        try:
+            return self(graph.to(device), feat.to(device, torch.float32))[0]
+        finally:
+            self.train(was_training)
 
 
 def build_student(config: StudentConfig | dict[str, Any]) -> Student:

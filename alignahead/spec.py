@@ -139,7 +139,13 @@ class StudentSpec(_Section):
 class DistillationSpec(_Section):
     strategy: Strategy = "alignahead"
     alpha: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the distillation loss.")
-    tau: float = Field(100.0, gt=0.0, le=1e9, description="Bandwidth of the local-structure kernel.")
+    tau: Annotated[float, Field(gt=0.0, le=1e9)] | Literal["auto"] = Field(
+        100.0,
+        description="Bandwidth of the local-structure kernel exp(-||h_u - h_v||_1 / tau): a number (the paper's "
+        "100), or 'auto': per layer pair and graph, the median of the peer layer's edge distances, so that the "
+        "kernel separates edges whatever the scale of the features (a fixed tau far above or below the "
+        "distances makes every distribution uniform and the distillation loss zero).",
+    )
     schedule: Schedule = Field(
         "alternating",
         description="'alternating': each student in turn steps over all batches (the paper's code); "

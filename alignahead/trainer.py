@@ -7,8 +7,12 @@ Two schedules:
   steps, so its target distributions (no gradient, eval mode) are computed once per training graph
   right after its own pass and cached: one no-grad forward per student per epoch, however many
   students and batches. A batch is a disjoint union of graphs, so its targets are the cached
-  per-graph ones concatenated in batch order; on the CPU they are bit-for-bit what a forward over the
-  batch gives (tested against the uncached loop).
+  per-graph ones concatenated in batch order (tested against the uncached loop: equal, to the last bit
+  where no float kernel rounds by position; see tests/test_trainer_cache.py). On a one-graph dataset,
+  in an epoch that is evaluated, that forward also gives the student's evaluation logits; and, with
+  `reuse_forward` (alignahead.runtime), where the student has no dropout, train and eval mode compute
+  the same thing, so that forward is run with gradient and kept as the student's next training forward:
+  one forward per student per epoch, for k - 1 students' activations held at once.
 - simultaneous: on each batch every student steps once, each against its peers' detached
   distributions from the same forward pass. Each (student, layer) distribution is computed once per
   step, with gradient for the student's own loss and, detached, as its peers' target.
@@ -19,6 +23,7 @@ Per-step losses stay on the device and are read once per epoch (no `.item()` syn
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,16 +38,23 @@ from alignahead.models import Student, StudentConfig
 from alignahead.runtime import RuntimeSettings
 from alignahead.spec import JobSpec
 from alignahead.structure import (
+    Target,
+    concat_targets,
     distillation_loss,
+    kernel_structure,
+    layer_distances,
     layer_pairs,
-    layer_structures,
     peer_layers,
     peer_targets,
     student_layers,
+    targets_from,
 )
+
+log = logging.getLogger("alignahead.trainer")
 
 STATE_FORMAT = 2  # 2 added the early-stopping monitor; format 1 states still load
 SPLITS = ("train", "val", "test")
+FLAT_EPOCHS, FLAT_LOSS = 3, 1e-6  # a distillation loss below this over the first epochs: warn, it teaches nothing
 
 
 @dataclass
@@ -139,13 +151,16 @@ class Trainer:
         callbacks: Callbacks | None = None,
         *,
         fused: bool | None = None,
+        reuse_forward: bool | None = None,
     ) -> None:
-        """`fused`: use the compiled edge-distance kernel; None reads ALIGNAHEAD_FUSED_DISTANCE (default on)."""
+        """`fused`, `reuse_forward`: None reads them from the environment (alignahead.runtime)."""
         self.spec = spec
         self.dataset = dataset
         self.callbacks = callbacks or Callbacks()
         self.device = resolve_device(spec.training.device)
-        self.fused = RuntimeSettings().fused_distance if fused is None else fused
+        runtime = RuntimeSettings()
+        self.fused = runtime.fused_distance if fused is None else fused
+        self.reuse_forward = runtime.reuse_forward if reuse_forward is None else reuse_forward
         t = spec.training
         torch.manual_seed(t.seed)  # model initialisation depends on the seed alone
         self.students: list[Student] = [
@@ -160,8 +175,14 @@ class Trainer:
         self.monitors = [_Monitor() for _ in self.students]
         self.train_graphs = [g.to(self.device) for g in dataset.train]
         self.eval_sets = self._eval_sets()
-        # alternating: per student, per training graph, {peer layer: log_p [E_graph]}; None = stale
-        self._targets: list[list[dict[int, torch.Tensor]] | None] = [None] * len(self.students)
+        # alternating: per student, per training graph, {peer layer: its fixed distribution}; None = stale
+        self._targets: list[list[dict[int, Target]] | None] = [None] * len(self.students)
+        # one-graph data: the evaluation logits that a refresh computed with the student's current weights
+        self._one_graph = len(self.eval_sets) == 1 and self.eval_sets[0][0] is self.train_graphs[0]
+        self._eval_logits: dict[int, torch.Tensor] = {}
+        # one-graph data, no dropout: a refresh forward kept, with its graph, as the student's next step's
+        self._kept: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._flat = 0.0  # the largest distillation loss of the first epochs
 
     def _optimizer(self, model: Student) -> torch.optim.Optimizer:
         t = self.spec.training
@@ -199,6 +220,7 @@ class Trainer:
     def _step(self, index: int, loss: torch.Tensor) -> None:
         if self.callbacks.should_cancel and self.callbacks.should_cancel():
             raise _Cancelled
+        self._eval_logits.pop(index, None)  # computed with the weights this step changes
         opt = self.optimizers[index]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,27 +228,46 @@ class Trainer:
 
     # --- one epoch ----------------------------------------------------------------------------
 
+    def _evaluates(self, epoch: int) -> bool:
+        t = self.spec.training
+        return epoch % t.eval_every == 0 or epoch == t.epochs
+
     def _refresh_targets(self, index: int) -> None:
         """Cache student `index`'s distributions of the peer layers on every training graph, with its
-        current weights, in eval mode, without gradient: what its peers learn until it steps again."""
-        model = self.students[index].eval()
+        current weights, in eval mode, without gradient: what its peers learn until it steps again.
+        On one-graph data, in an epoch that is evaluated, keep the logits for `evaluate` too."""
+        model = self.students[index]
         tau = self.spec.distillation.tau
+        if self.reuse_forward and self._one_graph and model.config.dropout == 0:  # train == eval mode: keep it
+            g = self.train_graphs[0]
+            logits, hidden = model.train()(g, g.ndata["feat"])
+            self._kept[index] = (logits, hidden)
+            self._targets[index] = [peer_targets(g, hidden, self.pairs, tau, self.fused)]
+            if self._evaluates(self.epoch + 1):
+                self._eval_logits[index] = logits.detach()
+            return
+        keep_logits = self._one_graph and self._evaluates(self.epoch + 1)
+        model.eval()
+        targets = []
         with torch.no_grad():
-            self._targets[index] = [
-                peer_targets(g, model(g, g.ndata["feat"])[1], self.pairs, tau, self.fused) for g in self.train_graphs
-            ]
+            for g in self.train_graphs:
+                if keep_logits:
+                    self._eval_logits[index], hidden = model(g, g.ndata["feat"])
+                else:
+                    hidden = model.hidden_features(g, g.ndata["feat"])  # the output layer is not needed
+                targets.append(peer_targets(g, hidden, self.pairs, tau, self.fused))
+        self._targets[index] = targets
 
-    def _cached_targets(self, index: int, part: list[int]) -> dict[int, torch.Tensor]:
+    def _cached_targets(self, index: int, part: list[int]) -> dict[int, Target]:
         """Student `index`'s cached targets for a batch of the training graphs `part`, in batch order."""
         cache = self._targets[index]
         assert cache is not None
-        if len(part) == 1:
-            return cache[part[0]]
-        return {layer: torch.cat([cache[g][layer] for g in part]) for layer in cache[part[0]]}
+        return concat_targets([cache[g] for g in part])
 
     def _epoch_alternating(self) -> list[tuple[float, float, float, float]]:
-        alpha, tau = self.spec.distillation.alpha, self.spec.distillation.tau
+        alpha = self.spec.distillation.alpha
         mine = student_layers(self.pairs)
+        self._eval_logits.clear()
         out = []
         for i, model in enumerate(self.students):
             t0 = time.perf_counter()
@@ -236,12 +277,14 @@ class Trainer:
                         self._refresh_targets(j)
             sums = torch.zeros(3, dtype=torch.float64, device=self.device)
             batches = self._batches()
+            kept = self._kept.pop(i, None)  # one graph: the forward of its last refresh, same weights
             for part, graph in batches:
                 peers = [self._cached_targets(j, part) for j in range(len(self.students)) if j != i and self.pairs]
                 model.train()
-                logits, hidden = model(graph, graph.ndata["feat"])
+                logits, hidden = kept if kept is not None else model(graph, graph.ndata["feat"])
+                kept = None
                 task = self._task_loss(logits, graph)
-                own = layer_structures(graph, hidden, mine, tau, self.fused)
+                own = layer_distances(graph, hidden, mine, self.fused)
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
@@ -268,13 +311,17 @@ class Trainer:
             for model in self.students:
                 model.train()
                 outs.append(model(graph, feat))
-            # each (student, layer) distribution once: with gradient for its own loss, detached for its peers
-            own = [layer_structures(graph, hidden, layers, tau, self.fused) for _, hidden in outs]
-            fixed = [{layer: d[layer].detach() for layer in wanted} for d in own]
+            distances = [layer_distances(graph, hidden, layers, self.fused) for _, hidden in outs]
+            if tau == "auto":  # each student's side is computed at each peer's own bandwidth
+                computed: list[dict[int, torch.Tensor] | None] = [None] * k
+                fixed = [targets_from(graph, {layer: d[layer] for layer in wanted}, tau) for d in distances]
+            else:  # each (student, layer) distribution once: with gradient for its loss, detached for its peers
+                computed = [{layer: kernel_structure(graph, d[layer], tau) for layer in layers} for d in distances]
+                fixed = [{layer: Target(c[layer].detach(), tau) for layer in wanted} for c in computed]
             for i, (logits, _) in enumerate(outs):
                 peers = [fixed[j] for j in range(k) if j != i and self.pairs]
                 task = self._task_loss(logits, graph)
-                distill = distillation_loss(graph, own[i], peers, self.pairs)
+                distill = distillation_loss(graph, distances[i], peers, self.pairs, computed[i])
                 loss = task + alpha * distill
                 self._step(i, loss)  # students share no graph: peers were detached
                 sums[i] += torch.stack((loss.detach(), task.detach(), distill.detach())).to(torch.float64)
@@ -291,7 +338,9 @@ class Trainer:
         totals = {s: [0.0, 0.0] for s in SPLITS}
         val_loss = [0.0, 0.0]
         for graph, masks in self.eval_sets:
-            logits = model(graph, graph.ndata["feat"])[0]
+            logits = self._eval_logits.pop(index, None) if self._one_graph else None
+            if logits is None:
+                logits = model(graph, graph.ndata["feat"])[0]
             for split, mask in masks.items():
                 labels = graph.ndata["label"][mask]
                 num, den = score(logits[mask], labels, self.dataset.multilabel)
@@ -347,6 +396,8 @@ class Trainer:
             monitor.best, monitor.epoch = best, ep
         self.epoch = state["epoch"]
         self._targets = [None] * len(self.students)  # recomputed from the loaded weights
+        self._eval_logits.clear()
+        self._kept.clear()
 
     def state_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -362,8 +413,24 @@ class Trainer:
     def _emit(self, index: int, kind: str, val: float | None) -> None:
         if self.callbacks.on_checkpoint:
             model = self.students[index]
-            data = student_bytes(model, {"epoch": str(self.epoch), "kind": kind})
+            # the dataset section and seed rebuild the graph it was trained on: alignahead.load_graph
+            meta = {"epoch": str(self.epoch), "kind": kind, "dataset": self.spec.dataset.model_dump_json()}
+            data = student_bytes(model, {**meta, "seed": str(self.spec.training.seed)})
             self.callbacks.on_checkpoint(Checkpoint(index, kind, self.epoch, val, data))
+
+    def _warn_if_flat(self, rows: list[EpochMetrics]) -> None:
+        """Warn once when every student's distillation loss stayed below FLAT_LOSS for the first
+        FLAT_EPOCHS epochs: the kernel sees every edge alike at this tau, so distillation does nothing."""
+        if not self.pairs or self.epoch > FLAT_EPOCHS:
+            return
+        self._flat = max(self._flat, *(r.distill_loss for r in rows))
+        if self.epoch == min(FLAT_EPOCHS, self.spec.training.epochs) and self._flat < FLAT_LOSS:
+            log.warning(
+                "distillation loss below %g for the first %d epoch(s) (at most %.3g): at tau %s every edge of a "
+                "node weighs alike, so the students have no local structure to learn from each other; set "
+                "distillation.tau to 'auto' (or nearer the layers' edge L1 distances)",
+                FLAT_LOSS, self.epoch, self._flat, self.spec.distillation.tau,
+            )  # fmt: skip
 
     def _watch(self, index: int, scores: dict[str, float | None]) -> None:
         """Update student `index`'s early-stopping monitor with this epoch's evaluation."""
@@ -402,7 +469,7 @@ class Trainer:
             while self.epoch < last and stop_reason is None:
                 losses = run_epoch()
                 self.epoch += 1
-                evaluate = self.epoch % t.eval_every == 0 or self.epoch == t.epochs
+                evaluate = self._evaluates(self.epoch)
                 rows = []
                 for i, (loss, task, distill, seconds) in enumerate(losses):
                     scores = self.evaluate(i) if evaluate else dict.fromkeys((*SPLITS, "val_loss"))
@@ -415,6 +482,7 @@ class Trainer:
                     rows.append(
                         EpochMetrics(self.epoch, i, loss, task, distill, scores["train"], val, scores["test"], seconds)
                     )
+                self._warn_if_flat(rows)
                 if evaluate:
                     last_vals = [r.val_score for r in rows]
                     stop_reason = self._early_stop_reason()

@@ -1,13 +1,22 @@
-"""Time and cross-check `alignahead.trainer.Trainer` against the plain reference in bench/reference.py.
+"""Distillation against training the students alone: one command, every variant side by side.
 
-    python bench/compare.py [SPEC.yaml] [--dataset cora|FILE.npz] [--epochs N] [--repeat R]
-                            [--students K] [--device auto|cpu|cuda] [--float64] [--out results.json]
+    python bench/compare.py                      # the issue's suite (see SETTINGS), 1 repeat
+    python bench/compare.py --repeat 2 --out results.json
+    python bench/compare.py --setting ppi-batch:2 --variants none,alternating
+    python bench/compare.py SPEC.yaml [--dataset cora|FILE.npz] [--students K]   # any spec, one setting
+    python bench/compare.py --setting small:3 --float64 --epochs 4              # correctness mode
 
-Both implementations train the same spec (data, seed, hyper-parameters, so identical initial weights).
-Each run happens in its own fresh 'spawn' subprocess, so that peak RSS belongs to that run alone, and
-the order alternates across repeats so that neither always runs on a cold (or warm) machine. The first
-epoch of every run is a warm-up and is left out of the timings. The first-epoch losses of both must
-agree up to float tolerance: same math written twice, which is what makes the timing comparison fair.
+Variants, each run in its own fresh 'spawn' subprocess, their order alternating across repeats:
+- `none`: the same students trained alone (strategy none): the floor every ratio is taken against;
+- `alternating`, `simultaneous`: our Trainer with strategy alignahead in that schedule;
+- `alternating+reuse`: alternating with ALIGNAHEAD_REUSE_FORWARD on (one forward less per student per
+  epoch on one-graph data without dropout, k - 1 students' activations held): not in the default list;
+- `reference`: bench/reference.py, a plain re-implementation of the published loop (alternating).
+All start from identical weights on identical data (checked). Epoch time is the median of the timed
+epochs (the first is a warm-up and includes the one-off compilation of the fused kernel), evaluation
+excluded. Memory is the peak RSS during training (VmHWM, reset after data loading) minus the RSS
+before it on the CPU, `torch.cuda.max_memory_allocated` on CUDA. The first-epoch losses of `reference` and `alternating`
+must agree up to float32 rounding, every epoch's in `--float64`.
 """
 
 from __future__ import annotations
@@ -35,70 +44,120 @@ import yaml  # noqa: E402
 
 from alignahead.spec import JobSpec  # noqa: E402
 
-CORA = "/work/shared/datasets/cora.npz"
-IMPLS = ("reference", "ours")
+CORA = ROOT.parent / "shared" / "datasets" / "cora.npz"  # the read-only folder beside the checkout
+VARIANTS = ("none", "alternating", "simultaneous", "reference", "alternating+reuse")
 # Losses agree when |a - b| <= RTOL * |a| + ATOL. The absolute part is for the distillation term: a KL
 # between near-equal distributions is a small difference of logs (~1e-4 for GCN students on Cora), so in
 # float32 it carries an absolute rounding error of ~1e-9 whatever its size.
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-7  # float32, first epoch; later epochs drift apart by rounding alone
 LOSS_RTOL_F64, LOSS_ATOL_F64 = 1e-10, 1e-13  # float64, every epoch: ~1e-14 relative is typical
 
-# A PPI-like inductive setting sized for ~1 s per epoch on 2 CPU cores: several graphs in
-# minibatches of 2, the paper's students (GAT, 4 hidden layers of 64 units x 3 heads, residual).
-DEFAULT_SPEC: dict[str, Any] = {
-    "name": "bench-synthetic-gat",
-    "dataset": {
-        "name": "synthetic",
-        "synthetic": {
-            "num_nodes": 1000,
-            "num_classes": 8,
-            "num_features": 50,
-            "avg_degree": 10,
-            "homophily": 0.7,
-            "num_graphs": 10,
+# The paper's students: GAT, 4 hidden layers of 64 units x 3 heads, 3 output heads, residual, dropout 0.
+PAPER_GAT = {"arch": "gat", "hidden_layers": 4, "hidden_size": 64, "heads": 3, "out_heads": 3, "residual": True}
+
+
+def _synthetic(name: str, nodes: int, features: int, classes: int, degree: float, graphs: int = 1) -> dict[str, Any]:
+    return {
+        "name": name,
+        "dataset": {
+            "name": "synthetic",
+            "synthetic": {
+                "num_nodes": nodes,
+                "num_features": features,
+                "num_classes": classes,
+                "avg_degree": degree,
+                "homophily": 0.7,
+                "num_graphs": graphs,
+            },
         },
-    },
-    "students": [
-        {"arch": "gat", "count": 2, "hidden_layers": 4, "hidden_size": 64, "heads": 3, "out_heads": 3, "residual": True}
-    ],
-    "distillation": {"strategy": "alignahead", "alpha": 1.0, "tau": 100.0, "schedule": "alternating"},
-    "training": {"epochs": 11, "lr": 0.005, "batch_size": 2, "eval_every": 5, "seed": 0, "device": "auto"},
+        "students": [PAPER_GAT],
+        "distillation": {"strategy": "alignahead", "alpha": 1.0, "tau": 100.0, "schedule": "alternating"},
+        "training": {"epochs": 5, "lr": 0.005, "batch_size": 2, "eval_every": 1000, "seed": 0, "device": "auto"},
+    }
+
+
+# name -> spec (k comes from the setting). Evaluation only at the last epoch: it is not timed anyway.
+SETTINGS: dict[str, dict[str, Any]] = {
+    # a PPI minibatch of 2 graphs as one graph: 4,500 nodes, ~122,000 edges with self-loops
+    "ppi-batch": _synthetic("ppi-batch", 4500, 50, 10, 26.5),
+    # Coauthor Physics' size: 34,493 nodes, ~530,000 edges with self-loops, 500 features, 5 classes
+    "physics": {
+        **_synthetic("physics", 34493, 500, 5, 14.37),
+        "training": {"epochs": 3, "lr": 0.005, "eval_every": 1000, "seed": 0, "device": "auto"},
+    },  # fmt: skip
+    # PPI-like inductive data: 10 graphs of 1,000 nodes in shuffled minibatches of 2 (3 steps per pass)
+    "multigraph": _synthetic("multigraph", 1000, 50, 8, 10, graphs=10),
+    # seconds per run: for tests and quick checks
+    "small": {
+        **_synthetic("small", 300, 16, 4, 8, graphs=5),
+        "students": [{"arch": "gat", "hidden_layers": 3, "hidden_size": 8, "heads": 2}],
+    },  # fmt: skip
 }
+DEFAULT_SUITE = ("ppi-batch:2", "ppi-batch:4", "physics:2")
 
 
-# --- building the spec ---------------------------------------------------------------------------
+def setting_spec(name: str, k: int, epochs: int | None, device: str | None) -> JobSpec:
+    if name not in SETTINGS:
+        raise SystemExit(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
+    data = json.loads(json.dumps(SETTINGS[name]))
+    data["students"] = [{**data["students"][0], "count": k}]
+    return _finish(data, epochs, device)
 
 
-def build_spec(args: argparse.Namespace) -> JobSpec:
-    """The spec file (or the default) with the command line's overrides applied."""
-    data = yaml.safe_load(Path(args.spec).read_text()) if args.spec else json.loads(json.dumps(DEFAULT_SPEC))
+def file_spec(args: argparse.Namespace) -> JobSpec:
+    """A spec file with the command line's overrides applied."""
+    data = yaml.safe_load(Path(args.spec).read_text())
     if args.dataset:
-        path = CORA if args.dataset == "cora" else args.dataset
-        data["dataset"] = {"name": "npz", "path": path}
-    training = data.setdefault("training", {})
-    if args.epochs is not None:
-        training["epochs"] = args.epochs
-    if args.device is not None:
-        training["device"] = args.device
+        data["dataset"] = {"name": "npz", "path": str(CORA if args.dataset == "cora" else args.dataset)}
     if args.students is not None:  # k copies of the first student configuration
         data["students"] = [{**data.get("students", [{}])[0], "count": args.students}]
+    data.setdefault("distillation", {})["schedule"] = "alternating"
+    return _finish(data, args.epochs, args.device)
+
+
+def _finish(data: dict[str, Any], epochs: int | None, device: str | None) -> JobSpec:
+    training = data.setdefault("training", {})
+    if epochs is not None:
+        training["epochs"] = epochs
+    if device is not None:
+        training["device"] = device
     spec = JobSpec.model_validate(data)
-    if spec.distillation.schedule != "alternating":
-        raise SystemExit("the reference mirrors the published code, which uses the 'alternating' schedule only")
     if spec.training.epochs < 2:
         raise SystemExit("need at least 2 epochs: the first is a warm-up and is not timed")
+    if spec.distillation.strategy == "none":
+        raise SystemExit("give a distilling spec; the 'none' variant is derived from it")
     return spec
+
+
+def variant_spec(spec: JobSpec, variant: str) -> JobSpec:
+    """The spec that `variant` trains: the same students, seed and data, another strategy or schedule."""
+    d = spec.distillation
+    if variant == "none":
+        d = d.model_copy(update={"strategy": "none"})
+    elif variant in ("alternating", "simultaneous", "reference", "alternating+reuse"):
+        d = d.model_copy(update={"schedule": "simultaneous" if variant == "simultaneous" else "alternating"})
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return spec.model_copy(update={"distillation": d})
 
 
 # --- one run, inside its own subprocess ------------------------------------------------------------
 
 
-def _current_rss_kib() -> int:
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: VmRSS (resident now) or VmHWM (the peak since the last reset)."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
+
+
+def _reset_peak_rss() -> None:
+    """Start VmHWM afresh (Linux >= 4.0), so that the peak measured is training's, not data loading's:
+    generating a large synthetic graph peaks above what it keeps."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 def _fingerprint(dataset: Any) -> str:
@@ -112,38 +171,44 @@ def _fingerprint(dataset: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_ours(spec: JobSpec, dataset: Any) -> dict[str, Any]:
+def _run_ours(spec: JobSpec, dataset: Any, reuse_forward: bool = False) -> dict[str, Any]:
     """Drive the Trainer one epoch at a time so that epochs are timed exactly as in the reference."""
     import torch
 
+    from alignahead.structure import fused_l1
     from alignahead.trainer import Callbacks, History, Trainer
     from bench.reference import init_checksum
 
     history = History()
-    trainer = Trainer(spec, dataset, Callbacks(on_epoch=history))
+    trainer = Trainer(spec, dataset, Callbacks(on_epoch=history), reuse_forward=reuse_forward)
     checksum = init_checksum(trainer.students)
-    evaluate, spent = trainer.evaluate, [0.0]
+    evaluate, spent = trainer.evaluate, [0.0, 0.0]
 
     def timed_evaluate(index: int) -> dict[str, float | None]:  # instance-level wrapper, Trainer untouched
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return evaluate(index)
         finally:
             spent[0] += time.perf_counter() - t0
+            spent[1] += time.process_time() - c0
 
     trainer.evaluate = timed_evaluate  # type: ignore[method-assign]
     cuda = trainer.device.type == "cuda"
-    epoch_seconds, eval_seconds = [], []
+    epoch_seconds, eval_seconds, epoch_cpu, eval_cpu, epoch_faults = [], [], [], [], []
     for epoch in range(1, spec.training.epochs + 1):
-        spent[0] = 0.0
+        spent[:] = [0.0, 0.0]
         if cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.run(stop_after=epoch)
         if cuda:
             torch.cuda.synchronize()
         epoch_seconds.append(time.perf_counter() - t0)
+        epoch_cpu.append(time.process_time() - c0)
         eval_seconds.append(spent[0])
+        eval_cpu.append(spent[1])
+        epoch_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     epochs = spec.training.epochs
     losses = [
         [(r.loss, r.task_loss, r.distill_loss) for r in sorted(history.rows, key=lambda r: r.student) if r.epoch == e]
@@ -163,14 +228,19 @@ def _run_ours(spec: JobSpec, dataset: Any) -> dict[str, Any]:
     return {
         "epoch_seconds": epoch_seconds,
         "eval_seconds": eval_seconds,
+        "epoch_cpu_seconds": epoch_cpu,
+        "eval_cpu_seconds": eval_cpu,
+        "epoch_minor_faults": epoch_faults,
         "losses": losses,
         "init_checksum": checksum,
         "students": students,
+        "fused": trainer.fused,
+        "compile_seconds": fused_l1.compile_seconds,
     }
 
 
-def run_one(impl: str, spec_json: str, float64: bool = False) -> dict[str, Any]:
-    """Load the data, then train with one implementation; memory is measured from after the loading.
+def run_one(impl: str, spec_json: str, float64: bool = False, threads: int = 1) -> dict[str, Any]:
+    """Load the data, then train with one variant; memory is measured from after the loading.
 
     `float64` trains both in double precision: float32 rounding then no longer hides a real difference
     in the math, so losses must agree to ~1e-12 over every epoch, not just the first.
@@ -181,6 +251,7 @@ def run_one(impl: str, spec_json: str, float64: bool = False) -> dict[str, Any]:
     from alignahead.trainer import resolve_device
     from bench.reference import run_reference
 
+    torch.set_num_threads(threads)
     spec = JobSpec.model_validate_json(spec_json)
     dataset = load_dataset(spec.dataset, seed=spec.training.seed)
     if float64:
@@ -193,13 +264,17 @@ def run_one(impl: str, spec_json: str, float64: bool = False) -> dict[str, Any]:
     device = resolve_device(spec.training.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = _current_rss_kib()
+    rss_before = _status_kib("VmRSS")
+    _reset_peak_rss()
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    result = run_reference(spec, dataset) if impl == "reference" else _run_ours(spec, dataset)
+    if impl == "reference":
+        result = run_reference(spec, dataset)
+    else:
+        result = _run_ours(spec, dataset, reuse_forward=impl == "ours+reuse")
     result["total_seconds"] = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF)
-    peak = after.ru_maxrss  # KiB on Linux; includes the loading
+    peak = _status_kib("VmHWM")  # since the reset: training alone
     result.update(
         # where CPU time went besides the math: allocator churn shows up as page faults and system time
         user_cpu_seconds=after.ru_utime - before.ru_utime,
@@ -214,10 +289,13 @@ def run_one(impl: str, spec_json: str, float64: bool = False) -> dict[str, Any]:
     return result
 
 
-def run_isolated(impl: str, spec: JobSpec, float64: bool = False) -> dict[str, Any]:
+def run_isolated(variant: str, spec: JobSpec, float64: bool = False, threads: int = 1) -> dict[str, Any]:
     """`run_one` in a fresh spawned interpreter: nothing allocated by an earlier run inflates its peak."""
+    impl = {"reference": "reference", "alternating+reuse": "ours+reuse"}.get(variant, "ours")
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(run_one, impl, spec.model_dump_json(), float64).result()
+        result = pool.submit(run_one, impl, variant_spec(spec, variant).model_dump_json(), float64, threads).result()
+    result["variant"] = variant
+    return result
 
 
 # --- summary -------------------------------------------------------------------------------------------
@@ -253,8 +331,8 @@ def loss_agreement(ref: dict[str, Any], ours: dict[str, Any], float64: bool = Fa
     """Max relative difference of (loss, label, distill) per student: first epoch, and over all epochs.
 
     In float32 only the first epoch is judged: training amplifies rounding differences (the two sum
-    the KL terms in different orders), so later epochs drift apart by ~1e-4 without any bug. In
-    float64 that drift vanishes, and every epoch is judged.
+    the KL terms in different orders, and ours computes the edge distances with another kernel), so
+    later epochs drift apart without any bug. In float64 that drift vanishes, and every epoch is judged.
     """
     rtol, atol = (LOSS_RTOL_F64, LOSS_ATOL_F64) if float64 else (LOSS_RTOL, LOSS_ATOL)
     pairs = [  # (epoch, reference value, our value)
@@ -276,25 +354,41 @@ def loss_agreement(ref: dict[str, Any], ours: dict[str, Any], float64: bool = Fa
     }
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Timings pooled over repeats (warm-up epochs dropped); memory as the median over repeats."""
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: timings pooled over repeats (warm-up epochs dropped), memory as the median."""
     out: dict[str, Any] = {}
-    for impl, rs in runs.items():
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == variant]
         train = [e - v for r in rs for e, v in zip(r["epoch_seconds"][1:], r["eval_seconds"][1:], strict=True)]
+        cpu = [e - v for r in rs for e, v in zip(r["epoch_cpu_seconds"][1:], r["eval_cpu_seconds"][1:], strict=True)]
         full = [e for r in rs for e in r["epoch_seconds"][1:]]
-        out[impl] = {
-            "train_mean_s": statistics.mean(train),
+        cuda = rs[0]["cuda_peak_mib"] is not None
+        out[variant] = {
             "train_median_s": statistics.median(train),
             "train_min_s": min(train),
-            "epoch_mean_s": statistics.mean(full),
+            "train_cpu_median_s": statistics.median(cpu),
             "epoch_median_s": statistics.median(full),
-            "peak_rss_delta_mib": statistics.median(r["peak_rss_delta_mib"] for r in rs),
+            "memory_mib": statistics.median(r["cuda_peak_mib" if cuda else "peak_rss_delta_mib"] for r in rs),
             "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+            # allocator churn: pages faulted in per timed epoch (the warm-up's compilation left out)
+            "minor_page_faults_k": statistics.median(f for r in rs for f in r["epoch_minor_faults"][1:]) / 1000,
             "system_cpu_s": statistics.median(r["system_cpu_seconds"] for r in rs),
-            "minor_page_faults_k": statistics.median(r["minor_page_faults"] for r in rs) / 1000,
-            "cuda_peak_mib": rs[0]["cuda_peak_mib"] and statistics.median(r["cuda_peak_mib"] for r in rs),
+            "compile_s": max(r.get("compile_seconds", 0.0) for r in rs),
+            "cuda": cuda,
             "students": rs[0]["students"],
         }
+    return out
+
+
+def checks(runs: list[dict[str, Any]], float64: bool) -> dict[str, Any]:
+    first = {r["variant"]: r for r in reversed(runs)}  # the first run of each variant
+    out: dict[str, Any] = {
+        "same_init": len({json.dumps(r["init_checksum"]) for r in runs}) == 1,
+        "same_data": len({r["data_fingerprint"] for r in runs}) == 1,
+        "repeatable": all(len({json.dumps(r["students"]) for r in runs if r["variant"] == v}) == 1 for v in first),
+    }
+    if "reference" in first and "alternating" in first:
+        out["losses"] = loss_agreement(first["reference"], first["alternating"], float64)
     return out
 
 
@@ -303,89 +397,111 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 
 
 def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.3f}"
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
-def print_report(spec: JobSpec, info: dict[str, Any], summary: dict[str, Any], checks: dict[str, Any]) -> None:
-    s0, repeat = spec.students[0], checks["repeat"]
-    dev = info["gpu"] or f"{info['cpu']} ({info['cpu_cores']} cores, {info['torch_threads']} torch threads)"
-    print(f"device: {dev}; torch {info['torch']}, dgl {info['dgl']}, python {info['python']}")
+def print_setting(label: str, spec: JobSpec, graph: str, summary: dict[str, Any], check: dict[str, Any]) -> None:
+    s0 = spec.students[0]
     print(
-        f"spec: {spec.name or '-'}; dataset {spec.dataset.name}; k={spec.num_students} students "
-        f"({', '.join(s.arch for s in spec.expanded_students())}), {s0.hidden_layers} hidden layers; "
-        f"strategy {spec.distillation.strategy}; {spec.training.epochs} epochs (1st is warm-up, not timed) "
-        f"x {repeat} repeat(s), each run in a fresh process{'; float64' if checks['float64'] else ''}"
+        f"\n## {label}: k={spec.num_students} {s0.arch.upper()} students ({s0.hidden_layers} hidden layers of "
+        f"{s0.hidden_size} x {s0.heads} heads), {graph}; {spec.training.epochs} epochs (1st untimed)"
     )
-    ref, ours = summary["reference"], summary["ours"]
-    rows: list[tuple[str, float | None, float | None, int]] = [
-        ("train s/epoch, mean", ref["train_mean_s"], ours["train_mean_s"], 4),
-        ("train s/epoch, median", ref["train_median_s"], ours["train_median_s"], 4),
-        ("train s/epoch, min", ref["train_min_s"], ours["train_min_s"], 4),
-        ("epoch s incl. eval, mean", ref["epoch_mean_s"], ours["epoch_mean_s"], 4),
-        ("epoch s incl. eval, median", ref["epoch_median_s"], ours["epoch_median_s"], 4),
-        ("peak RSS delta, MiB", ref["peak_rss_delta_mib"], ours["peak_rss_delta_mib"], 1),
-        ("peak RSS, MiB", ref["peak_rss_mib"], ours["peak_rss_mib"], 1),
-        ("system CPU s, whole run", ref["system_cpu_s"], ours["system_cpu_s"], 2),
-        ("minor page faults (k)", ref["minor_page_faults_k"], ours["minor_page_faults_k"], 1),
-    ]
-    if ref["cuda_peak_mib"] is not None:
-        rows.append(("CUDA max allocated, MiB", ref["cuda_peak_mib"], ours["cuda_peak_mib"], 1))
-    for i, (sr, so) in enumerate(zip(ref["students"], ours["students"], strict=True)):
-        rows.append((f"student {i} best val", sr["best_val"], so["best_val"], 4))
-        rows.append((f"student {i} test at best val", sr["test_at_best"], so["test_at_best"], 4))
-    print(f"\n{'':30} {'reference':>12} {'ours':>12} {'ours/ref':>9}")
-    for label, a, b, digits in rows:
-        print(f"{label:30} {_fmt(a, digits):>12} {_fmt(b, digits):>12} {_ratio(b, a):>9}")
-    la = checks["losses"]
+    floor = summary.get("none")
+    mem = "CUDA MiB" if any(r.get("cuda") for r in summary.values()) else "peak RSS +MiB"
     print(
-        f"\n{la['judged']} losses agree (rtol {la['rtol']:g}, atol {la['atol']:g}): {'yes' if la['agree'] else 'NO'}"
-        f"\n  first epoch: max rel. diff {la['first_epoch_max_rel']:.2e}, max abs. diff "
-        f"{la['first_epoch_max_abs']:.2e}; all epochs: max rel. diff {la['all_epochs_max_rel']:.2e}"
+        f"{'variant':17} {'s/epoch':>8} {'x none':>7} {'CPU s':>7} {'x none':>7} {'+eval s':>8} {'x none':>7} "
+        f"{mem:>14} {'x none':>7} {'faults/ep k':>11} {'compile s':>9}"
     )
-    print(f"identical initial weights: {'yes' if checks['same_init'] else 'NO'}")
-    print(f"identical data: {'yes' if checks['same_data'] else 'NO'}")
-    print(f"scores identical across repeats: {'yes' if checks['repeatable'] else 'no'}")
+    for variant, row in summary.items():
+
+        def cell(key: str, digits: int = 3, row: dict = row) -> str:
+            return f"{_fmt(row[key], digits):>{7 if digits == 3 else 14}} {_ratio(row[key], floor and floor[key]):>7}"
+
+        print(
+            f"{variant:17} {_fmt(row['train_median_s'], 3):>8} "
+            f"{_ratio(row['train_median_s'], floor and floor['train_median_s']):>7} {cell('train_cpu_median_s')} "
+            f"{_fmt(row['epoch_median_s'], 3):>8} "
+            f"{_ratio(row['epoch_median_s'], floor and floor['epoch_median_s']):>7} "
+            f"{cell('memory_mib', 0)} {_fmt(row['minor_page_faults_k'], 1):>11} {_fmt(row['compile_s'], 1):>9}"
+        )
+    print(
+        "s/epoch: wall time of training, evaluation excluded (median); CPU s: the same in CPU time, which other "
+        "processes on the machine disturb less; +eval s: wall time with evaluation; faults/ep: minor page faults "
+        "per timed epoch (allocator churn)"
+    )
+    print("scores (best val / test at best val, per student):")
+    for variant, row in summary.items():
+        scores = "  ".join(f"{_fmt(s['best_val'])}/{_fmt(s['test_at_best'])}" for s in row["students"])
+        print(f"  {variant:17} {scores}")
+    flags = [f"identical initial weights: {'yes' if check['same_init'] else 'NO'}",
+             f"identical data: {'yes' if check['same_data'] else 'NO'}",
+             f"scores identical across repeats: {'yes' if check['repeatable'] else 'no'}"]  # fmt: skip
+    print("; ".join(flags))
+    if "losses" in check:
+        la = check["losses"]
+        print(
+            f"reference vs alternating, {la['judged']} losses agree (rtol {la['rtol']:g}, atol {la['atol']:g}): "
+            f"{'yes' if la['agree'] else 'NO'}; first epoch max rel. diff {la['first_epoch_max_rel']:.2e} "
+            f"(abs. {la['first_epoch_max_abs']:.2e}), all epochs {la['all_epochs_max_rel']:.2e}"
+        )
+
+
+def describe_graph(spec: JobSpec) -> str:
+    from alignahead.datasets import load_dataset
+
+    d = load_dataset(spec.dataset, seed=spec.training.seed)
+    graphs = d.train if d.transductive else d.train + d.val + d.test
+    nodes, edges = sum(g.num_nodes() for g in graphs), sum(g.num_edges() for g in graphs)
+    return f"{len(graphs)} graph(s), {nodes:,} nodes, {edges:,} edges with self-loops, {d.num_features} features"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("spec", nargs="?", help="a job spec (YAML); default: a synthetic PPI-like GAT setting")
-    p.add_argument("--dataset", help="'cora' (the shared Cora npz) or a path to an .npz; replaces the spec's")
+    p.add_argument("spec", nargs="?", help="a job spec (YAML) to run instead of the settings")
+    p.add_argument("--setting", action="append", help=f"NAME:K, repeatable; names: {', '.join(SETTINGS)}")
+    p.add_argument("--variants", default=",".join(VARIANTS[:4]), help="comma-separated, from " + ",".join(VARIANTS))
+    p.add_argument("--dataset", help="with SPEC: 'cora' (the shared Cora npz) or a path to an .npz")
+    p.add_argument("--students", type=int, help="with SPEC: k copies of its first student")
     p.add_argument("--epochs", type=int, help="epochs per run, the first being an untimed warm-up")
-    p.add_argument("--repeat", type=int, default=1, help="runs per implementation, order alternating")
-    p.add_argument("--students", type=int, help="k copies of the spec's first student")
+    p.add_argument("--repeat", type=int, default=1, help="runs per variant, order alternating")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--float64", action="store_true", help="train in double precision (a correctness check)")
-    p.add_argument("--out", help="write every run's raw figures and the summary to this JSON file")
+    p.add_argument("--out", help="write every run's raw figures and the summaries to this JSON file")
     args = p.parse_args(argv)
-    spec = build_spec(args)
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.spec:
+        settings = [(Path(args.spec).stem, file_spec(args))]
+    else:
+        settings = []
+        for item in args.setting or DEFAULT_SUITE:
+            name, _, k = item.partition(":")
+            settings.append((f"{name}, k={k or 2}", setting_spec(name, int(k or 2), args.epochs, args.device)))
 
-    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
-    for r in range(args.repeat):
-        order = IMPLS if r % 2 == 0 else IMPLS[::-1]
-        for impl in order:
-            print(f"repeat {r + 1}/{args.repeat}: {impl} ...", file=sys.stderr, flush=True)
-            res = run_isolated(impl, spec, args.float64)
-            print(f"  {res['total_seconds']:.1f} s", file=sys.stderr, flush=True)
-            runs[impl].append(res)
-
-    everything = runs["reference"] + runs["ours"]
-    checks = {
-        "repeat": args.repeat,
-        "float64": args.float64,
-        "losses": loss_agreement(runs["reference"][0], runs["ours"][0], args.float64),
-        "same_init": len({json.dumps(r["init_checksum"]) for r in everything}) == 1,
-        "same_data": len({r["data_fingerprint"] for r in everything}) == 1,
-        "repeatable": all(len({json.dumps(r["students"]) for r in rs}) == 1 for rs in runs.values()),
-    }
     info = machine()
-    summary = summarise(runs)
-    print_report(spec, info, summary, checks)
+    info["torch_threads"] = args.threads
+    dev = info["gpu"] or f"{info['cpu']} ({info['cpu_cores']} cores, {args.threads} torch thread(s) per run)"
+    print(f"device: {dev}; torch {info['torch']}, dgl {info['dgl']}, python {info['python']}")
+    ok, payload = True, {"machine": info, "settings": []}
+    for label, spec in settings:
+        runs: list[dict[str, Any]] = []
+        for r in range(args.repeat):
+            for variant in variants if r % 2 == 0 else variants[::-1]:
+                print(f"{label}: repeat {r + 1}/{args.repeat}: {variant} ...", file=sys.stderr, flush=True)
+                res = run_isolated(variant, spec, args.float64, args.threads)
+                print(f"  {res['total_seconds']:.1f} s", file=sys.stderr, flush=True)
+                runs.append(res)
+        summary, check = summarise(runs), checks(runs, args.float64)
+        print_setting(label, spec, describe_graph(spec), summary, check)
+        ok = ok and check["same_init"] and check["same_data"] and check.get("losses", {}).get("agree", True)
+        payload["settings"].append({"label": label, "spec": spec.model_dump(), "summary": summary, "checks": check,
+                                    "runs": runs})  # fmt: skip
     if args.out:
-        payload = {"spec": spec.model_dump(), "machine": info, "checks": checks, "summary": summary, "runs": runs}
         Path(args.out).write_text(json.dumps(payload, indent=2))
         print(f"\nwrote {args.out}")
-    return 0 if checks["losses"]["agree"] and checks["same_init"] and checks["same_data"] else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ and peers run in eval mode under no_grad.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +142,7 @@ def run_reference(
     """Train as the published code does; returns timings, per-epoch losses and scores per student.
 
     Keys: epoch_seconds (wall per epoch, evaluation included), eval_seconds (its evaluation part),
+    epoch_cpu_seconds and eval_cpu_seconds (the same in this process's CPU time), epoch_minor_faults,
     losses (per epoch, per student: mean over batches of (loss, label, lsp)), init_checksum, and
     students (best_val, best_epoch, test_at_best, final_val, final_test).
     """
@@ -164,13 +166,16 @@ def run_reference(
 
     epoch_seconds: list[float] = []
     eval_seconds: list[float] = []
+    epoch_cpu: list[float] = []
+    eval_cpu: list[float] = []
+    epoch_faults: list[int] = []
     losses: list[list[tuple[float, float, float]]] = []
     best: list[dict[str, Any]] = [{"best_val": None, "best_epoch": None, "test_at_best": None} for _ in models]
     final: list[dict[str, float | None]] = [{"val": None, "test": None} for _ in models]
 
     for epoch in range(1, t.epochs + 1):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         row = []
         for i, model in enumerate(models):
             sums = [0.0, 0.0, 0.0]
@@ -203,7 +208,7 @@ def run_reference(
             row.append((sums[0] / len(batches), sums[1] / len(batches), sums[2] / len(batches)))
         losses.append(row)
 
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         if epoch % t.eval_every == 0 or epoch == t.epochs:
             for i, model in enumerate(models):
                 scores = _evaluate(model, dataset, device)
@@ -212,9 +217,12 @@ def run_reference(
                 if scores["val"] is not None and (b["best_val"] is None or scores["val"] > b["best_val"]):
                     b.update(best_val=scores["val"], best_epoch=epoch, test_at_best=scores["test"])
         _sync(device)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         epoch_seconds.append(t2 - t0)
         eval_seconds.append(t2 - t1)
+        epoch_cpu.append(c2 - c0)
+        eval_cpu.append(c2 - c1)
+        epoch_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         if on_epoch:
             on_epoch(epoch, row)
 
@@ -222,6 +230,9 @@ def run_reference(
     return {
         "epoch_seconds": epoch_seconds,
         "eval_seconds": eval_seconds,
+        "epoch_cpu_seconds": epoch_cpu,
+        "eval_cpu_seconds": eval_cpu,
+        "epoch_minor_faults": epoch_faults,
         "losses": losses,
         "init_checksum": checksum,
         "students": students,

@@ -9,8 +9,8 @@ from alignahead.structure import (
     edge_l1,
     edge_l1_plain,
     fused_l1,
+    layer_distances,
     layer_pairs,
-    layer_structures,
     local_structure,
     peer_targets,
     structure_kl,
@@ -70,7 +70,7 @@ def test_distillation_loss_holds_the_peer_fixed() -> None:
     student = [torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
     peer = [torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
     pairs = layer_pairs("alignahead", 2)
-    own = layer_structures(g, student, student_layers(pairs), 1.0)
+    own = layer_distances(g, student, student_layers(pairs))
     loss = distillation_loss(g, own, [peer_targets(g, peer, pairs, 1.0)], pairs)
     loss.backward()
     assert loss.item() > 0
@@ -83,7 +83,7 @@ def test_distillation_loss_averages_over_peers() -> None:
     student = [torch.randn(3, 4)]
     peers = [[torch.randn(3, 4)], [torch.randn(3, 4)]]
     pairs = layer_pairs("one-to-one", 1)
-    own = layer_structures(g, student, [0], 1.0)
+    own = layer_distances(g, student, [0])
     one = [distillation_loss(g, own, [peer_targets(g, p, pairs, 1.0)], pairs) for p in peers]
     both = distillation_loss(g, own, [peer_targets(g, p, pairs, 1.0) for p in peers], pairs)
     torch.testing.assert_close(both, (one[0] + one[1]) / 2)
@@ -142,3 +142,57 @@ def test_fused_check_works_when_first_called_without_grad() -> None:
     fresh = FusedL1()
     with torch.no_grad():
         assert fresh.usable(torch.zeros(2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_edge_pairs_give_every_edge_its_own_distance(symmetric: bool) -> None:
+    from alignahead.structure import EdgePairs, edge_distances
+
+    g = random_graph(80, 400, 5)
+    if symmetric:
+        g = dgl.add_self_loop(dgl.to_bidirected(dgl.remove_self_loop(g)))
+    pairs = EdgePairs.of(g)
+    src, dst = g.edges()
+    assert (pairs.src <= pairs.dst).all()
+    # each edge maps to the pair of its two end nodes
+    assert torch.equal(torch.minimum(src, dst), pairs.src[pairs.index])
+    assert torch.equal(torch.maximum(src, dst), pairs.dst[pairs.index])
+    if symmetric:  # both directions share one pair; self-loops have their own
+        assert len(pairs.src) == (g.num_edges() - g.num_nodes()) // 2 + g.num_nodes()
+    h = torch.randn(80, 16, dtype=torch.float64, requires_grad=True)
+    for fused in (True, False):
+        d = edge_distances(g, h, fused)
+        assert torch.equal(d.detach(), edge_l1(h, src, dst, fused).detach())  # |a - b| = |b - a| exactly
+        grad = torch.autograd.grad((d * torch.arange(len(d))).sum(), h)[0]
+        plain = torch.autograd.grad((edge_l1_plain(h, src, dst) * torch.arange(len(d))).sum(), h)[0]
+        torch.testing.assert_close(grad, plain, rtol=1e-12, atol=1e-9)
+
+
+def test_auto_tau_is_the_median_of_each_graphs_own_distances() -> None:
+    from alignahead.structure import auto_tau, edge_distances
+
+    a, b = random_graph(30, 120, 6), random_graph(20, 80, 7)
+    batch = dgl.batch([a, b])
+    h = torch.cat([torch.randn(30, 8), 1000 * torch.randn(20, 8)])  # two graphs, scales 1000x apart
+    d = edge_distances(batch, h)
+    tau = auto_tau(batch, d)
+    src, dst = batch.edges()
+    for part, (lo, hi) in enumerate([(0, a.num_edges()), (a.num_edges(), batch.num_edges())]):
+        own = d[lo:hi][(src != dst)[lo:hi]]
+        assert torch.all(tau[lo:hi] == own.median()), part
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e4])
+def test_auto_tau_makes_the_distribution_independent_of_the_feature_scale(scale: float) -> None:
+    g = random_graph(100, 600, 8)
+    h = torch.randn(100, 16, dtype=torch.float64)
+    torch.testing.assert_close(local_structure(g, h * scale, "auto"), local_structure(g, h, "auto"))
+    # a fixed tau far from the distances flattens every node's distribution: nothing left to distil
+    peer, student = local_structure(g, h * scale, 100.0), local_structure(g, torch.randn_like(h) * scale, 100.0)
+    auto_peer, auto_student = (
+        local_structure(g, h * scale, "auto"),
+        local_structure(g, torch.randn_like(h) * scale, "auto"),
+    )
+    if scale == 1e-4:
+        assert structure_kl(g, peer, student).item() < 1e-10
+    assert structure_kl(g, auto_peer, auto_student).item() > 1e-3

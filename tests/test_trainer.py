@@ -227,3 +227,23 @@ def test_without_patience_every_epoch_runs() -> None:
     spec = make_spec(training={"epochs": 40})
     result = Trainer(spec, dataset_for(spec)).run()
     assert result.epochs_done == 40 and result.stop_reason is None
+
+
+def test_tau_auto_distils_where_a_fixed_tau_sees_nothing(caplog) -> None:
+    # features of small magnitude: at tau 100 every edge weighs alike and the loss is nil
+    def runs(tau: float | str) -> tuple[History, list[str]]:
+        spec = make_spec(distillation={"tau": tau}, training={"epochs": 4})
+        dataset = dataset_for(spec)
+        dataset.train[0].ndata["feat"] = dataset.train[0].ndata["feat"] * 1e-3  # one graph: train is val is test
+        history = History()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="alignahead.trainer"):
+            Trainer(spec, dataset, Callbacks(history)).run()
+        return history, [r.getMessage() for r in caplog.records if r.name == "alignahead.trainer"]
+
+    flat, warnings = runs(100.0)
+    assert max(r.distill_loss for r in flat.rows) < 1e-6
+    assert len(warnings) == 1 and "distillation.tau" in warnings[0] and "first 3 epoch" in warnings[0]
+    auto, warnings = runs("auto")
+    assert min(r.distill_loss for r in auto.rows) > 1e-4
+    assert warnings == []

@@ -22,7 +22,7 @@ import torch
 
 from alignahead import JobSpec
 from alignahead.datasets import GraphDataset, load_dataset
-from alignahead.structure import distillation_loss, layer_structures, peer_targets, student_layers
+from alignahead.structure import distillation_loss, layer_distances, peer_targets, student_layers
 from alignahead.trainer import Callbacks, History, Trainer
 
 
@@ -45,7 +45,7 @@ class Recomputing(Trainer):
                 model.train()
                 logits, hidden = model(graph, feat)
                 task = self._task_loss(logits, graph)
-                own = layer_structures(graph, hidden, student_layers(self.pairs), tau, self.fused)
+                own = layer_distances(graph, hidden, student_layers(self.pairs), self.fused)
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
@@ -66,7 +66,7 @@ class Recomputing(Trainer):
             for i, (logits, hidden) in enumerate(outs):
                 peers = [targets[j] for j in range(len(outs)) if j != i and self.pairs]
                 task = self._task_loss(logits, graph)
-                own = layer_structures(graph, hidden, student_layers(self.pairs), tau, self.fused)
+                own = layer_distances(graph, hidden, student_layers(self.pairs), self.fused)
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
@@ -115,10 +115,12 @@ def aligned_graphs(count: int = 7, n: int = 64, features: int = 12, classes: int
     return GraphDataset("aligned", features, classes, False, graphs[:5], graphs[5:6], graphs[6:])
 
 
-def train(cls: type[Trainer], spec: JobSpec, fused: bool, dataset: GraphDataset | None = None) -> tuple[list, list]:
+def train(
+    cls: type[Trainer], spec: JobSpec, fused: bool, dataset: GraphDataset | None = None, reuse: bool = False
+) -> tuple[list, list]:
     history = History()
     dataset = dataset or load_dataset(spec.dataset, seed=spec.training.seed)
-    result = cls(spec, dataset, Callbacks(history), fused=fused).run()
+    result = cls(spec, dataset, Callbacks(history), fused=fused, reuse_forward=reuse).run()
     rows = [(r.epoch, r.student, r.loss, r.task_loss, r.distill_loss, r.val_score, r.test_score) for r in history.rows]
     return rows, [s.__dict__ for s in result.students]
 
@@ -148,6 +150,27 @@ def test_on_graphs_of_any_size_the_cache_agrees_to_rounding(schedule: str) -> No
     assert fast_summary == slow_summary  # scores: the same predictions
 
 
-def test_one_graph_alternating_equals_the_recomputing_loop() -> None:
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_one_graph_alternating_equals_the_recomputing_loop(dropout: float) -> None:
+    """One graph: with dropout each refresh is its own eval-mode forward; without, and with reuse_forward,
+    the refresh forward is also the student's next training forward: the numbers must not change."""
     spec = multigraph_spec("alternating", dataset={"name": "synthetic", "synthetic": {"num_nodes": 150}})
-    assert train(Trainer, spec, True) == train(Recomputing, spec, True)
+    students = [{**s.model_dump(), "dropout": dropout} for s in spec.students]
+    spec = spec.model_copy(update={"students": [type(spec.students[0])(**s) for s in students]})
+    trainer = Trainer(spec, load_dataset(spec.dataset, seed=spec.training.seed), fused=True, reuse_forward=True)
+    trainer.run(stop_after=1)
+    assert bool(trainer._kept) == (dropout == 0)  # the path under test is really taken
+    expected = train(Recomputing, spec, True)
+    assert train(Trainer, spec, True, reuse=True) == expected
+    assert train(Trainer, spec, True, reuse=False) == expected
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
+def test_tau_auto_cached_equals_the_recomputing_loop(schedule: str) -> None:
+    """tau 'auto' is taken per graph of a batch, so the per-graph cache gives the batch's numbers."""
+    spec = multigraph_spec(schedule)
+    spec = spec.model_copy(update={"distillation": spec.distillation.model_copy(update={"tau": "auto"})})
+    dataset = aligned_graphs()
+    fast, slow = train(Trainer, spec, True, dataset), train(Recomputing, spec, True, dataset)
+    assert all(r[4] > 1e-3 for r in fast[0])
+    assert fast == slow
