@@ -29,6 +29,7 @@ class StudentConfig(BaseModel):
     heads: int = Field(1, ge=1)
     out_heads: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attn_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # GAT; 0 for checkpoints written before it existed
     residual: bool = True
     aggregator: str = "mean"
 
@@ -66,13 +67,17 @@ class Student(nn.Module):
     def arch(self) -> str:
         return self.config.arch
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether train mode differs from eval mode (some dropout is on)."""
+        return self.config.dropout > 0 or (self.config.arch == "gat" and self.config.attn_dropout > 0)
+
     def _conv(self, in_dim: int, out_dim: int, heads: int, activation: bool) -> tuple[nn.Module, int]:
         c = self.config
         act = nn.functional.elu if activation else None
         if c.arch == "gat":
-            return GATConv(in_dim, out_dim, heads, activation=act, allow_zero_in_degree=True), (
-                out_dim * heads if activation else out_dim
-            )
+            conv = GATConv(in_dim, out_dim, heads, attn_drop=c.attn_dropout, activation=act, allow_zero_in_degree=True)
+            return conv, (out_dim * heads if activation else out_dim)
         if c.arch == "gcn":
             return GraphConv(in_dim, out_dim, activation=act, allow_zero_in_degree=True), out_dim
         if c.arch == "sage":

@@ -132,6 +132,9 @@ class StudentSpec(_Section):
     heads: int = Field(3, ge=1, le=64, description="GAT attention heads in hidden layers.")
     out_heads: int = Field(3, ge=1, le=64, description="GAT heads in the output layer, averaged.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Feature dropout before every layer.")
+    attn_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="GAT only: dropout on the attention coefficients (Velickovic et al.: 0.6)."
+    )
     residual: bool = True
     aggregator: Literal["mean", "gcn", "pool", "lstm"] = Field("mean", description="GraphSAGE only.")
 
@@ -171,8 +174,9 @@ class TrainingSpec(_Section):
     )
     monitor: Monitor = Field(
         "val_score",
-        description="What `patience` watches: 'val_score' (higher is better) or 'val_loss' (the task loss on the "
-        "validation nodes, lower is better). The 'best' checkpoint is always the best validation score.",
+        description="Which validation metric picks a student's best epoch (its 'best' checkpoint and the test "
+        "score reported there) and what `patience` watches: 'val_score' (higher is better) or 'val_loss' (the task "
+        "loss on the validation nodes, lower is better; Shchur et al.'s rule).",
     )
 
 

@@ -81,6 +81,9 @@ class Checkpoint:
 
 @dataclass
 class StudentSummary:
+    """A student's best epoch: where its monitored validation metric (`training.monitor`: the score, by
+    default, or the loss) was best; best_val and test_at_best are the val and test scores there."""
+
     student: int
     arch: str
     best_val: float | None = None
@@ -238,7 +241,7 @@ class Trainer:
         On one-graph data, in an epoch that is evaluated, keep the logits for `evaluate` too."""
         model = self.students[index]
         tau = self.spec.distillation.tau
-        if self.reuse_forward and self._one_graph and model.config.dropout == 0:  # train == eval mode: keep it
+        if self.reuse_forward and self._one_graph and not model.stochastic:  # train == eval mode: keep it
             g = self.train_graphs[0]
             logits, hidden = model.train()(g, g.ndata["feat"])
             self._kept[index] = (logits, hidden)
@@ -432,15 +435,18 @@ class Trainer:
                 FLAT_LOSS, self.epoch, self._flat, self.spec.distillation.tau,
             )  # fmt: skip
 
-    def _watch(self, index: int, scores: dict[str, float | None]) -> None:
-        """Update student `index`'s early-stopping monitor with this epoch's evaluation."""
+    def _watch(self, index: int, scores: dict[str, float | None]) -> bool:
+        """Update student `index`'s monitor (`training.monitor`) with this epoch's evaluation; True when
+        it improved (strictly): this is the student's best epoch so far."""
         t, monitor = self.spec.training, self.monitors[index]
         value = scores["val" if t.monitor == "val_score" else "val_loss"]
         if value is None:
-            return
+            return False
         better = -value if t.monitor == "val_loss" else value  # compare as "higher is better"
         if monitor.best is None or better > monitor.best:
             monitor.best, monitor.epoch = better, self.epoch
+            return True
+        return False
 
     def _early_stop_reason(self) -> str | None:
         """Why to stop now: every student went `patience` epochs without a better monitored value."""
@@ -475,10 +481,9 @@ class Trainer:
                     scores = self.evaluate(i) if evaluate else dict.fromkeys((*SPLITS, "val_loss"))
                     summary = self.summaries[i]
                     val = scores["val"]
-                    if val is not None and (summary.best_val is None or val > summary.best_val):
+                    if self._watch(i, scores):  # the best epoch by the monitor: best checkpoint, test score there
                         summary.best_val, summary.best_epoch, summary.test_at_best = val, self.epoch, scores["test"]
                         self._emit(i, "best", val)
-                    self._watch(i, scores)
                     rows.append(
                         EpochMetrics(self.epoch, i, loss, task, distill, scores["train"], val, scores["test"], seconds)
                     )
