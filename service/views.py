@@ -28,6 +28,7 @@ def job_summary(job: Job) -> JobSummaryOut:
         queue=job.queue,  # type: ignore[arg-type]
         progress=Progress(epoch=job.epochs_done, total=job.epochs_total),
         attempts=job.attempts,
+        worker_losses=job.worker_losses,
         cancel_requested=job.cancel_requested_at is not None,
         created_at=job.created_at,
         started_at=job.started_at,

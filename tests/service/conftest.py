@@ -17,6 +17,7 @@ from svc_helpers import (
     FAST,
     PG_ADMIN_URL,
     REDIS_URL,
+    TEST_SECRET,
     Service,
     Worker,
     embedded_settings,
@@ -87,6 +88,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             broker_url=REDIS_URL,
             queue_prefix=prefix,
             data_dir=str(folder / "data"),
+            auth_secret=TEST_SECRET,
             **FAST,
         )
         cleanup = prefix
@@ -96,7 +98,9 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     try:
         worker.wait_ready()
         with TestClient(create_app(settings)) as client:
-            yield Service(request.param, settings, client, engine, folder, [worker])
+            svc = Service(request.param, settings, client, engine, folder, [worker])
+            svc.authorize()
+            yield svc
     finally:
         worker.stop()
         engine.dispose()
@@ -112,5 +116,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     with TestClient(create_app(settings)) as client:
-        yield Service("api", settings, client, engine, folder)
+        svc = Service("api", settings, client, engine, folder)
+        svc.authorize()
+        yield svc
     engine.dispose()

@@ -23,8 +23,11 @@ import scipy.sparse as sp
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from service import keys
+from service.db import make_engine, make_sessionmaker, transaction
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +41,6 @@ FAST = {
     "stale_after_seconds": 4.0,
     "sweep_interval_seconds": 1.0,
     "queued_grace_seconds": 60.0,
-    "cancel_poll_seconds": 0.2,
     "state_every_epochs": 1,
     # one thread per worker: two cores are shared with the test process (and whatever else runs)
     "torch_threads": 1,
@@ -85,9 +87,16 @@ def npz_bytes(n: int = 60, classes: int = 3, seed: int = 0, **extra: Any) -> byt
     return buf.getvalue()
 
 
+TEST_SECRET = "test-secret-not-for-production"
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(value)
         if value is not None:
             env[f"ALIGNAHEAD_{name.upper()}"] = str(value)
     env["DGLBACKEND"] = "pytorch"
@@ -110,6 +119,20 @@ def temporary_postgres_database(prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_key(settings: Settings, tenant: str) -> str:
+    """A new API key for `tenant` (created if new), straight in the database."""
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as s:
+            return keys.create_key(s, keys.server_secret(settings), tenant)[1]
+    finally:
+        engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def migrate(database_url: str) -> Config:
@@ -180,6 +203,12 @@ class Service:
     workdir: Path
     workers: list[Worker] = field(default_factory=list)
 
+    def authorize(self, tenant: str = "tests") -> str:
+        """Make a key for `tenant` and send it with every request of this client from now on."""
+        key = make_key(self.settings, tenant)
+        self.client.headers.update(bearer(key))
+        return key
+
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         r = self.client.post("/v1/jobs", json=spec)
         assert r.status_code == 201, r.text
@@ -219,6 +248,7 @@ def embedded_settings(folder: Path, **overrides: Any) -> Settings:
         "broker_url": f"sqla+sqlite:///{folder / 'broker.db'}",
         "data_dir": str(folder / "data"),  # empty: built-in datasets cannot be found offline
         "queue_prefix": f"t{uuid.uuid4().hex[:8]}.",
+        "auth_secret": TEST_SECRET,
         **FAST,
         **overrides,
     }
