@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from service.db import db_time
 from service.errors import NotFound
-from service.jobcore import new_id
 from service.models import ApiKey, Tenant
 from service.settings import Settings
 
@@ -78,7 +78,7 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
         )
     tenant = session.scalar(select(Tenant).where(Tenant.name == name))
     if tenant is None:
-        tenant = Tenant(id=new_id(), name=name, created_at=db_time(session))
+        tenant = Tenant(id=uuid.uuid4().hex, name=name, created_at=db_time(session))
         session.add(tenant)
         session.flush()
     return tenant

@@ -29,6 +29,9 @@ from service.app import create_app
 from service.db import make_engine
 from service.settings import Settings
 
+# shared fixtures serve many tests' submissions; quotas are tested on apps of their own
+ROOMY = {"max_active_jobs": 10_000, "max_submissions_per_minute": 10_000}
+
 
 def _postgres_and_redis_or_skip() -> None:
     import psycopg
@@ -78,7 +81,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """Migrated database + broker + one worker + an in-process API client, for the whole session."""
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "embedded":
-        settings = embedded_settings(folder)
+        settings = embedded_settings(folder, **ROOMY)
         cleanup = None
     else:
         database_url = request.getfixturevalue("postgres_database")
@@ -90,6 +93,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             data_dir=str(folder / "data"),
             auth_secret=TEST_SECRET,
             **FAST,
+            **ROOMY,
         )
         cleanup = prefix
     migrate(settings.database_url)
@@ -112,7 +116,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The API over a migrated embedded database with no worker: jobs stay queued."""
     folder = tmp_path_factory.mktemp("api")
-    settings = embedded_settings(folder, max_upload_bytes=50_000)
+    settings = embedded_settings(folder, max_upload_bytes=50_000, **ROOMY)
     migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     with TestClient(create_app(settings)) as client:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -209,6 +210,10 @@ class Service:
         self.client.headers.update(bearer(key))
         return key
 
+    def authorize_other(self, tenant: str) -> str:
+        """A key of another tenant, for requests that pass it explicitly."""
+        return make_key(self.settings, tenant)
+
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         r = self.client.post("/v1/jobs", json=spec)
         assert r.status_code == 201, r.text
@@ -253,3 +258,92 @@ def embedded_settings(folder: Path, **overrides: Any) -> Settings:
         **overrides,
     }
     return Settings(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiServer:
+    """The API as a real uvicorn process on a free port, killable and restartable on the same port."""
+
+    def __init__(self, settings: Settings, log_path: Path, key: str | None = None) -> None:
+        self.settings, self.log_path = settings, log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.headers = bearer(key) if key else {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_from_env", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=settings_env(self.settings), stdout=log,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import httpx
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"API exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"API not up after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+        self.wait_ready()
+
+    def client(self, **kwargs: Any) -> Any:
+        import httpx
+
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30, **kwargs)
+
+
+def zip_bomb(unpacked: int, member: str = "attr_matrix.npy") -> bytes:
+    """A valid npz whose one member, a float32 .npy of zeros, inflates to about `unpacked` bytes while the
+    file stays ~1/1000 of that: built from one deflated block repeated (full flushes reset the
+    compressor, so the blocks are identical), in about a second for 2 GB."""
+    import struct
+    import zlib
+
+    rows = (unpacked - 128) // 4000
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (rows, 1000)})
+    head = header.getvalue()
+    size = len(head) + rows * 4000
+    chunk = bytes(4000 * 16384)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [comp.compress(head), comp.flush(zlib.Z_FULL_FLUSH)]
+    block = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(head)
+    full, rest = divmod(rows * 4000, len(chunk))
+    for _ in range(full):
+        parts.append(block)
+        crc = zlib.crc32(chunk, crc)
+    if rest:
+        parts.append(comp.compress(chunk[:rest]))
+        crc = zlib.crc32(chunk[:rest], crc)
+    parts.append(comp.flush())
+    data, name = b"".join(parts), member.encode()
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), size, len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), size, len(name),
+                          0, 0, 0, 0, 0, 0) + name  # fmt: skip
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    return local + data + central + end
