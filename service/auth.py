@@ -7,14 +7,14 @@ static dashboard at / and /static/ can load without a key and then send one with
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service import keys
-from service.errors import Unauthorized
+from service.errors import Invalid, Unauthorized
 
 MAX_CACHED = 10_000
 
@@ -74,3 +74,29 @@ async def current_tenant(
 def _verify(ctx, key: str) -> str | None:  # type: ignore[no-untyped-def]
     with ctx.tx() as s:
         return keys.verify(s, ctx.secret, key)
+
+
+_declared: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def known_query(request: Request) -> None:
+    """An unknown query parameter (a typo such as ?stauts=) is a 422, not silently ignored."""
+    route = request.scope.get("route")
+    if route is None or not request.query_params:
+        return
+    names = _declared.get(id(route))
+    if names is None:
+        names = _declared[id(route)] = frozenset(_query_names(route.dependant))
+    unknown = [k for k in request.query_params if k not in names]
+    if unknown:
+        accepted = ", ".join(sorted(names)) or "none"
+        raise Invalid(
+            ["query", unknown[0]], f"unknown query parameter {unknown[0]!r}; this endpoint accepts: {accepted}"
+        )

@@ -73,17 +73,24 @@ class Dispatcher:
     def __init__(self, tx: Tx, celery: Celery, settings: Settings) -> None:
         self.tx, self.celery, self.settings = tx, celery, settings
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """(Re)start: an app's lifespan may run more than once (test clients open it per use)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.dispatch_interval_seconds):
+        stop = self._stop
+        while not stop.wait(self.settings.dispatch_interval_seconds):
             try:
                 send_unsent(self.tx, self.celery, self.settings)
             except Exception:  # the database may be away for a moment; the next round retries

@@ -141,33 +141,41 @@ def estimate_bytes(spec: JobSpec, size: GraphSize) -> int:
     - the graph: features 4NF, edge lists and DGL's sparse formats ~40E bytes; a multi-graph dataset
       also keeps batched copies for evaluation (x2);
     - per student, parameters with gradients and two Adam moments: 16 (FW + L W^2 + WC);
-    - the activations of one training pass, kept for backward: per layer ~6 node tensors (4NW each)
-      and, for GAT, ~6 edge tensors per head (4E each); the local structure of each paired layer
-      materialises an E x W difference with its gradient (~3 x 4EW). Alternating schedules hold one
-      student's pass and one peer's forward; simultaneous ones hold every student's.
-    Measured against the peak RSS of real runs in tests/service/test_service_limits.py.
+    - a training pass over one batch (the whole graph, or batch_size graphs of a multi-graph dataset),
+      kept for backward: per layer ~6 node tensors (4NW each) and, for GAT, ~6 edge tensors per head
+      (4E each); the local structure of each paired layer materialises an E x W difference with its
+      gradient (~3 x 4EW). Alternating schedules hold one student's pass and one peer's forward,
+      simultaneous ones every student's;
+    - evaluation: a forward without gradients over the largest split (all train graphs batched).
+    Checked against the peak RSS of real runs in tests/service/test_service_limits.py.
     """
     n, e, f, c = size.nodes, size.edges, size.features, size.classes
     data = 4 * n * f + 40 * e
     if size.graphs > 1:
         data *= 2
+        share = min(spec.training.batch_size, size.graphs) / size.graphs
+        n_batch, e_batch = n * share, e * share
+        n_eval, e_eval = 0.7 * n, 0.7 * e
+    else:
+        n_batch, e_batch = n, e
+        n_eval, e_eval = n, e
     paired = spec.distillation.strategy != "none"
     params = 0
-    passes = []
+    passes, evals = [], []
     for st in spec.expanded_students():
         w = hidden_width(st.arch, st.hidden_size, st.heads)
         out_heads = st.out_heads if st.arch == "gat" else 1
+        heads = st.hidden_layers * st.heads + out_heads if st.arch == "gat" else 0
         params += 16 * (f * w + st.hidden_layers * w * w + w * c * out_heads)
-        act = st.hidden_layers * 6 * 4 * n * w + 6 * 4 * n * c * out_heads
-        if st.arch == "gat":
-            act += (st.hidden_layers * st.heads + out_heads) * 6 * 4 * e
+        act = st.hidden_layers * 6 * 4 * n_batch * w + 6 * 4 * n_batch * c * out_heads + heads * 6 * 4 * e_batch
         if paired:
-            act += st.hidden_layers * 3 * 4 * e * w
+            act += st.hidden_layers * 3 * 4 * e_batch * w
         passes.append(act)
+        evals.append(3 * 4 * n_eval * max(w, c * out_heads) + (3 * 4 * e_eval * st.heads if heads else 0))
     passes.sort(reverse=True)
     held = sum(passes) if spec.distillation.schedule == "simultaneous" else sum(passes[:2])
     overhead = 400 * 2**20  # the interpreter, torch and DGL themselves
-    return int(data + params + held + overhead)
+    return int(data + params + max(held, max(evals)) + overhead)
 
 
 def check_memory(spec: JobSpec, size: GraphSize, settings: Settings) -> None:

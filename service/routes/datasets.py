@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from alignahead.datasets import DatasetError, inspect_npz, list_datasets
 from service import limits, views
 from service import repository as repo
-from service.auth import current_tenant
+from service.auth import current_tenant, known_query
 from service.context import AppContext
 from service.deps import Ctx, TenantId
 from service.errors import Invalid
@@ -28,7 +28,7 @@ def _err(description: str) -> dict:
 router = APIRouter(
     prefix="/v1/datasets",
     tags=["datasets"],
-    dependencies=[Depends(current_tenant)],
+    dependencies=[Depends(current_tenant), Depends(known_query)],
     responses={401: _err("No valid API key."), 422: _err("A parameter or the file is not valid.")},
 )
 NOT_FOUND = {404: _err("No such upload for this key's tenant.")}

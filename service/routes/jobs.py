@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from alignahead.spec import JobSpec
 from service import dispatch, limits, views
 from service import repository as repo
-from service.auth import current_tenant
+from service.auth import current_tenant, known_query
 from service.context import AppContext
 from service.deps import Ctx, TenantId
 from service.enums import CheckpointKind, JobStatus
@@ -32,7 +32,7 @@ def _err(description: str) -> dict:
 router = APIRouter(
     prefix="/v1/jobs",
     tags=["jobs"],
-    dependencies=[Depends(current_tenant)],
+    dependencies=[Depends(current_tenant), Depends(known_query)],
     responses={401: _err("No valid API key."), 422: _err("A parameter or the body is not valid.")},
 )
 NOT_FOUND = {404: _err("No such job for this key's tenant.")}
