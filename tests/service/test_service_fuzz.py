@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -51,29 +52,34 @@ def fuzz(svc: Service, max_examples: int) -> None:
     failures: list[str] = []
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) >= 12
-
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
-                      derandomize=True, database=None, phases=[Phase.explicit, Phase.generate])  # fmt: skip
-            def check(case: schemathesis.Case) -> None:
-                try:
-                    response = case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
-                    SEEN[str(response.status_code)] += 1
-                except Exception as e:  # a failed check: keep the first few of each operation
-                    SEEN["failed"] += 1
-                    if sum(1 for f in failures if f.startswith(operation.label)) < 3:
-                        failures.append(f"{operation.label} [{mode.value}]: {str(e)[:1500]}")
-
-            try:
-                check()
-            except Unsatisfiable:  # nothing to make invalid (an operation without parameters)
-                assert mode is GenerationMode.NEGATIVE
+            _fuzz_one(operation, mode, headers, max_examples, failures)
     print(f"\nschemathesis: {sum(SEEN.values())} cases over {len(operations)} operations, by status "
           f"{dict(sorted(SEEN.items()))}, 5xx: {sum(v for k, v in SEEN.items() if k.startswith('5'))}")  # fmt: skip
     assert not failures, "\n\n".join(failures)
+
+
+def _fuzz_one(operation: Any, mode: GenerationMode, headers: dict[str, str], max_examples: int,
+              failures: list[str]) -> None:  # fmt: skip
+    label = f"{operation.label} [{mode.value}]"
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
+              derandomize=True, database=None, phases=[Phase.explicit, Phase.generate])  # fmt: skip
+    def check(case: schemathesis.Case) -> None:
+        try:
+            response = case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
+            SEEN[str(response.status_code)] += 1
+        except Exception as e:  # a failed check: keep the first few of each operation
+            SEEN["failed"] += 1
+            if sum(1 for f in failures if f.startswith(label)) < 3:
+                failures.append(f"{label}: {str(e)[:1500]}")
+
+    try:
+        check()
+    except Unsatisfiable:  # nothing to make invalid (an operation without parameters)
+        assert mode is GenerationMode.NEGATIVE
 
 
 def test_api_conforms_to_its_schema(fuzzed: Service) -> None:
