@@ -54,6 +54,7 @@ class JobSummaryOut(BaseModel):
         description="Times the job was taken back from a worker that died or stalled; at max_attempts it fails."
     )
     cancel_requested: bool
+    worker: str | None = Field(description="host:pid of the worker that ran it last.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -313,7 +313,8 @@ class ApiServer:
     def client(self, **kwargs: Any) -> Any:
         import httpx
 
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, headers=self.headers, **kwargs)
 
 
 def zip_bomb(unpacked: int, member: str = "attr_matrix.npy") -> bytes:
