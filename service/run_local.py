@@ -108,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     upgrade_database(settings)
     key_file = ensure_local_key(settings)
+    # printed, not logged: Alembic's logging configuration has raised the root level by now
     if key_file is None:
-        log.warning("ALIGNAHEAD_AUTH_DISABLED: the API answers anyone who can reach it, without a key")
+        print("ALIGNAHEAD_AUTH_DISABLED: the API answers anyone who can reach it, without a key", flush=True)
     else:
-        log.info("API key of tenant 'local' is in %s; send it as: Authorization: Bearer $(cat %s)", key_file, key_file)
+        print(f"API key of tenant 'local' kept in {key_file}; send it as: "
+              f'-H "Authorization: Bearer $(cat {key_file})"', flush=True)  # fmt: skip
     worker = None
     if not args.no_worker:
         env = {
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         worker = subprocess.Popen(worker_command(settings), env=env)
-        log.info("worker started (pid %d); API on http://%s:%d/docs", worker.pid, args.host, args.port)
+        print(f"worker started (pid {worker.pid}); API on http://{args.host}:{args.port}/docs", flush=True)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
     finally:
