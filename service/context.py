@@ -23,6 +23,7 @@ class AppContext:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    readers: sessionmaker[Session]  # autocommit: a read is one round trip, no BEGIN/COMMIT around it
     celery: Celery
     secret: bytes  # the server secret API keys are hashed under (empty when auth is disabled)
     key_cache: KeyCache
@@ -32,10 +33,12 @@ class AppContext:
     def build(cls, settings: Settings) -> AppContext:
         engine = make_engine(settings.database_url, idle_transaction_seconds=settings.stale_after_seconds)
         secret = b"" if settings.auth_disabled else keys.server_secret(settings)
+        readers = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
         return cls(
             settings,
             engine,
             make_sessionmaker(engine),
+            readers,
             make_celery(settings),
             secret,
             KeyCache(settings.auth_cache_seconds),
@@ -44,6 +47,12 @@ class AppContext:
     @contextmanager
     def tx(self) -> Iterator[Session]:
         with transaction(self.sessions) as session:
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """For requests that only read: each statement sees committed data, without a transaction."""
+        with self.readers() as session:
             yield session
 
     def close(self) -> None:

@@ -101,13 +101,21 @@ def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
 def list_metrics(
     session: Session, tenant_id: str, job_id: str, *, since: int, student: int | None, limit: int
 ) -> Sequence[MetricRow]:
-    _job_exists(session, tenant_id, job_id)
-    query = (
-        select(MetricRow).where(MetricRow.job_id == job_id, MetricRow.id > since).order_by(MetricRow.id).limit(limit)
-    )
+    """Rows after `since`, in seq order; one query that also tells an unknown job (no row at all) from
+    a known one with nothing new (one row of NULLs), since most polls find nothing new."""
+    on = and_(MetricRow.job_id == Job.id, MetricRow.id > since)
     if student is not None:
-        query = query.where(MetricRow.student == student)
-    return session.scalars(query).all()
+        on = and_(on, MetricRow.student == student)
+    rows = session.execute(
+        select(Job.id, MetricRow)
+        .outerjoin(MetricRow, on)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id)
+        .order_by(MetricRow.id)
+        .limit(limit)
+    ).all()
+    if not rows:
+        raise _not_found(job_id)
+    return [r[1] for r in rows if r[1] is not None]
 
 
 def list_checkpoints(session: Session, tenant_id: str, job_id: str) -> tuple[Job, Sequence[CheckpointRow]]:

@@ -99,7 +99,7 @@ def list_all(
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page.")] = None,
 ) -> DatasetList:
     """This tenant's uploads (newest first, paged) and the dataset names a job spec accepts."""
-    with ctx.tx() as s:
+    with ctx.read() as s:
         uploads, next_cursor = repo.list_uploads(s, tenant, limit=limit, cursor=cursor)
         out = [views.upload_out(u) for u in uploads]
     builtin = [
@@ -112,7 +112,7 @@ def list_all(
 
 @router.get("/{upload_id}", response_model=UploadOut, responses=NOT_FOUND)
 def get_upload(upload_id: UploadId, ctx: Ctx, tenant: TenantId) -> UploadOut:
-    with ctx.tx() as s:
+    with ctx.read() as s:
         return views.upload_out(repo.get_upload(s, tenant, upload_id))
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from alignahead.spec import JobSpec
@@ -53,7 +54,7 @@ def _check_spec(ctx: AppContext, tenant_id: str, spec: JobSpec) -> None:
             'with POST /v1/datasets and use {"name": "upload", "upload_id": <its id>}',
         )
     if name == "upload":
-        with ctx.tx() as s:
+        with ctx.read() as s:
             summary = repo.upload_summary(s, tenant_id, spec.dataset.upload_id or "")
         if summary is None:
             raise Invalid(
@@ -132,15 +133,15 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page.")] = None,
 ) -> JobPage:
     """This tenant's jobs, newest first, a page at a time."""
-    with ctx.tx() as s:
+    with ctx.read() as s:
         jobs, next_cursor = repo.list_jobs(s, tenant, status=status_, limit=limit, cursor=cursor)
         return JobPage(jobs=[views.job_summary(j) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: JobId, ctx: Ctx, tenant: TenantId) -> JobOut:
-    with ctx.tx() as s:
-        return views.job_detail(repo.get_job(s, tenant, job_id))
+def get_job(job_id: JobId, ctx: Ctx, tenant: TenantId) -> Response:
+    with ctx.read() as s:
+        return _json(views.job_detail(repo.get_job(s, tenant, job_id)))
 
 
 @router.post(
@@ -176,18 +177,18 @@ def get_metrics(
     since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only rows with seq > since.")] = 0,
     student: Annotated[int | None, Query(ge=0, le=MAX_STUDENT)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> MetricPage:
+) -> Response:
     """Per-epoch metric rows in increasing `seq`; poll with since=next_since for the new ones. Each
     (student, epoch) appears exactly once, also across worker crashes and resumes."""
-    with ctx.tx() as s:
+    with ctx.read() as s:
         rows = repo.list_metrics(s, tenant, job_id, since=since, student=student, limit=limit)
-        return views.metric_page(job_id, rows, since)
+        return _json(views.metric_page(job_id, rows, since))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses=NOT_FOUND)
 def list_checkpoints(job_id: JobId, ctx: Ctx, tenant: TenantId) -> CheckpointList:
     """Each student's `best` and `final` checkpoint so far."""
-    with ctx.tx() as s:
+    with ctx.read() as s:
         job, rows = repo.list_checkpoints(s, tenant, job_id)
         return views.checkpoint_list(job, rows)
 
@@ -210,7 +211,7 @@ def download_checkpoint(
     tenant: TenantId,
 ) -> Response:
     """The student's weights as safetensors; `alignahead.load_student(bytes)` rebuilds it."""
-    with ctx.tx() as s:
+    with ctx.read() as s:
         meta = repo.get_checkpoint(s, tenant, job_id, student, kind)
         # a 'best' checkpoint is replaced while training runs: caches must revalidate
         headers = {"ETag": f'"{meta.sha256}"', "Cache-Control": "no-cache"}
@@ -220,6 +221,12 @@ def download_checkpoint(
     headers["ETag"] = f'"{sha256}"'
     headers["Content-Disposition"] = f'attachment; filename="{job_id}-student{student}-{kind}.safetensors"'
     return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+def _json(body: BaseModel) -> Response:
+    """A body built from our own models, serialised once (the hot polling paths skip FastAPI's second
+    validation of what they return; the response_model still documents it)."""
+    return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
 
 
 def _etag_matches(header: str | None, sha256: str) -> bool:
