@@ -134,7 +134,13 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Periodic orphan sweep inside each worker; 0 sweeps only at start."
     )
     state_every_epochs: int = Field(
-        5, ge=1, description="Save the full training state (for resume after a crash) every N epochs."
+        5, ge=1, description="Save the full training state (for resume after a crash) every N epochs..."
+    )
+    state_every_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="...and no more often than this: a crash redoes at most about this much training, and "
+        "saving stays a small share of the job's time however short its epochs.",
     )
     torch_threads: int | None = Field(
         None,

@@ -101,6 +101,7 @@ class JobRunner:
         self.trainer: Trainer | None = None
         self.flags = Flags(claim.cancel_requested)
         self.seconds: dict[str, float] = defaultdict(float)  # time outside training, by what
+        self._state_saved = time.monotonic()
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -210,12 +211,21 @@ class JobRunner:
         assert self.trainer is not None  # callbacks fire only inside trainer.run()
         summaries = [asdict(s) for s in self.trainer.summaries]  # updated before on_epoch is called
         state = None
-        if epoch % self.settings.state_every_epochs == 0 and epoch < self.spec.training.epochs:
+        due = time.monotonic() - self._state_saved >= self.settings.state_every_seconds
+        if epoch % self.settings.state_every_epochs == 0 and due and epoch < self.spec.training.epochs:
             state = self.trainer.state_bytes()  # consistent here: the epoch is complete
+            self._state_saved = time.monotonic()
         rows = [asdict(m) for m in metrics]
         with self.ctx.tx() as s:
             outcome = jobcore.record_epoch(
-                s, self.claim, self.ctx.lease, rows, epoch=epoch, summaries=summaries, state=state
+                s,
+                self.claim,
+                self.ctx.lease,
+                rows,
+                epoch=epoch,
+                summaries=summaries,
+                state=state,
+                maybe_redone=epoch <= self.claim.epochs_done,
             )
         self.flags.apply(outcome.signals)
         if outcome.mismatches:

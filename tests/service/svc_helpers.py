@@ -43,6 +43,7 @@ FAST = {
     "sweep_interval_seconds": 1.0,
     "queued_grace_seconds": 60.0,
     "state_every_epochs": 1,
+    "state_every_seconds": 0.0,
     # one thread per worker: two cores are shared with the test process (and whatever else runs)
     "torch_threads": 1,
 }

@@ -347,3 +347,32 @@ def test_wall_clock_limit_fails_the_job_saying_so(service: Service) -> None:
     assert "ALIGNAHEAD_MAX_JOB_SECONDS" in done["error"] and "3 s" in done["error"]
     assert done["progress"]["epoch"] < 2000
     assert len(service.metrics(job["id"], limit=10_000)["rows"]) == 2 * done["progress"]["epoch"]
+
+
+def test_heartbeat_thread_brings_the_cancel_request(bare: str) -> None:
+    """The running job learns of a cancel request from its heartbeat thread: the training step reads an
+    event, never the database. The test waits on that event."""
+    from celery import Celery
+
+    from worker.context import WorkerContext
+    from worker.runner import Flags, Heartbeat
+
+    engine = make_engine(bare)
+    sessions = make_sessionmaker(engine)
+    settings = Settings(database_url=bare, heartbeat_seconds=0.05, stale_after_seconds=5.0)
+    ctx = WorkerContext(settings, engine, sessions, Celery(), "test:0", jobcore.Lease(5.0, 600.0))
+    try:
+        with transaction(sessions) as s:
+            tenant = keys.ensure_tenant(s, "t").id
+            job_id = jobcore.create(s, tenant_id=tenant, spec=JobSpec.model_validate(small_spec()),
+                                    time_limit_seconds=3600).id  # fmt: skip
+            claim = jobcore.claim(s, job_id, worker="test:0", lease=ctx.lease)
+        flags = Flags(cancel_requested=False)
+        with Heartbeat(ctx, claim, flags) as beat:
+            assert beat.beats.wait(10) and not flags.stop()
+            with transaction(sessions) as s:
+                jobcore.request_cancel(s, s.get(Job, job_id))
+            assert flags.cancel.wait(10)
+            assert flags.stop() and not flags.lost.is_set()
+    finally:
+        engine.dispose()
