@@ -174,7 +174,7 @@ def estimate_bytes(spec: JobSpec, size: GraphSize) -> int:
         evals.append(3 * 4 * n_eval * max(w, c * out_heads) + (3 * 4 * e_eval * st.heads if heads else 0))
     passes.sort(reverse=True)
     held = sum(passes) if spec.distillation.schedule == "simultaneous" else sum(passes[:2])
-    overhead = 400 * 2**20  # the interpreter, torch and DGL themselves
+    overhead = 512 * 2**20  # the interpreter, torch and DGL themselves (~450 MiB resident here)
     return int(data + params + max(held, max(evals)) + overhead)
 
 

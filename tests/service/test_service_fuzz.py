@@ -88,4 +88,4 @@ def test_api_conforms_to_its_schema(fuzzed: Service) -> None:
 
 @pytest.mark.slow
 def test_api_conforms_to_its_schema_long(fuzzed: Service) -> None:
-    fuzz(fuzzed, max_examples=200)
+    fuzz(fuzzed, max_examples=60)
