@@ -42,6 +42,7 @@ from svc_helpers import (  # noqa: E402
     temporary_postgres_database,
 )
 
+from service.broker import declare_queues, make_celery  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -102,6 +103,7 @@ def main() -> int:
         else:
             settings = embedded_settings(folder, **extra)
         migrate(settings.database_url)
+        declare_queues(make_celery(settings), settings)  # before several processes race to create them
         api = ApiServer(settings, folder / "api.log", key=make_key(settings, "soak"))
         stack.callback(api.kill)
         workers = [Worker(settings, folder / f"w{i}.log", f"w{i}") for i in range(args.workers)]

@@ -80,3 +80,12 @@ def enqueue(app: Celery, settings: Settings, job_id: str, queue: str) -> None:
         queue=settings.queue_name(queue),
         retry=False,
     )
+
+
+def declare_queues(app: Celery, settings: Settings) -> None:
+    """Create the queues once, before several processes start: kombu's SQL transport creates a queue's
+    row with a check-then-insert, so two processes declaring it at the same moment on a fresh broker
+    database race, and the loser exits."""
+    with app.connection_for_write() as conn:
+        for queue in JobQueue:
+            Queue(settings.queue_name(queue)).bind(conn.default_channel).declare()

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from service import keys
 from service.app import create_app
-from service.broker import is_sqla_broker
+from service.broker import declare_queues, is_sqla_broker, make_celery
 from service.db import make_engine, make_sessionmaker, transaction
 from service.enums import Queue
 from service.settings import Settings
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     upgrade_database(settings)
+    declare_queues(make_celery(settings), settings)
     key_file = ensure_local_key(settings)
     # printed, not logged: Alembic's logging configuration has raised the root level by now
     if key_file is None:

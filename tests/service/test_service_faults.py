@@ -43,6 +43,7 @@ from svc_helpers import (
 from alignahead.datasets import load_dataset
 from alignahead.spec import JobSpec
 from alignahead.trainer import Callbacks, Trainer
+from service.broker import declare_queues, make_celery
 from service.settings import Settings
 
 EPOCHS = 30
@@ -249,6 +250,7 @@ class Deployment:
 
 def _deploy(settings: Settings, folder: Path, workers: int = 2) -> Deployment:
     migrate(settings.database_url)
+    declare_queues(make_celery(settings), settings)  # before several processes race to create them
     api = ApiServer(settings, folder / "api.log", key=make_key(settings, "faults"))
     started = [Worker(settings, folder / f"w{i}.log", f"w{i}-{uuid.uuid4().hex[:6]}") for i in range(workers)]
     dep = Deployment(settings, api, started, folder)
