@@ -161,16 +161,20 @@ def load_dataset(
     seed: int,
     data_dir: str | Path | None = None,
     resolve_upload: Callable[[str], bytes | Path] | None = None,
+    max_bytes: int = MAX_BYTES,
 ) -> GraphDataset:
-    """Build a job's dataset; `seed` drives splits and synthetic graphs unless split.seed is set."""
+    """Build a job's dataset; `seed` drives splits and synthetic graphs unless split.seed is set.
+    `max_bytes` caps an npz's unpacked size and dense features, and a synthetic graph's size."""
     split_seed = seed if spec.split.seed is None else spec.split.seed
     options = {"features": spec.features, "largest_component": spec.largest_component}
     if spec.name == "synthetic":
-        return make_synthetic(spec.synthetic, seed=split_seed, split=spec.split, **options)
+        return make_synthetic(spec.synthetic, seed=split_seed, split=spec.split, max_bytes=max_bytes, **options)
     if spec.name == "npz":
         assert spec.path is not None  # DatasetSpec guarantees it
         name = f"npz:{Path(spec.path).stem}"
-        return load_npz(spec.path, name=name, split=spec.split, seed=split_seed, kind="npz", **options)
+        return load_npz(
+            spec.path, name=name, split=spec.split, seed=split_seed, kind="npz", max_bytes=max_bytes, **options
+        )
     if spec.name == "upload":
         if resolve_upload is None:
             raise DatasetError(
@@ -185,7 +189,9 @@ def load_dataset(
                 "or upload the file again with POST /v1/datasets"
             ) from e
         name = f"upload:{spec.upload_id}"
-        return load_npz(source, name=name, split=spec.split, seed=split_seed, kind="upload", **options)
+        return load_npz(
+            source, name=name, split=spec.split, seed=split_seed, kind="upload", max_bytes=max_bytes, **options
+        )
     if spec.name in _REGISTRY and _REGISTRY[spec.name][1]:
         folder = Path(data_dir) if data_dir is not None else default_data_dir()
         return _load_dgl(spec.name, folder.expanduser(), spec.split, split_seed, **options)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException
 
+from service import handlers, keys
 from service.context import AppContext
-from service.errors import Invalid, ServiceError
+from service.dispatch import Dispatcher
+from service.errors import ServiceError
+from service.guards import Guards
 from service.routes import datasets, health, jobs
 from service.settings import Settings
 
@@ -20,20 +23,35 @@ log = logging.getLogger("alignahead.service")
 
 DESCRIPTION = """Train graph neural networks by online Alignahead distillation (Guo et al., IJCNN 2022).
 
+Every `/v1` request needs an API key: `Authorization: Bearer KEY` (`alignahead-admin keys create
+--tenant NAME` makes one; `make run` makes one for tenant `local` and says where it keeps it). A key
+sees only its tenant's jobs and uploads; another tenant's id is a 404.
+
 Submit a job (`POST /v1/jobs`, body: the job spec), poll it (`GET /v1/jobs/{id}`, new metric rows with
 `GET /v1/jobs/{id}/metrics?since=SEQ`), download the trained students
 (`GET /v1/jobs/{id}/checkpoints/{student}/{kind}`; `alignahead.load_student` loads them).
 Own graphs: upload an npz with `POST /v1/datasets`, then use `{"name": "upload", "upload_id": ...}`.
-Errors are JSON: `detail` says what is wrong and how to fix it.
+
+Every error answer is `{"detail": "<what is wrong and how to fix it>", "errors": [{"loc", "msg", "type"}]}`;
+limits answer 413/422/429 naming the setting that holds them.
 """
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    context = AppContext.build(settings or Settings())
+    settings = settings or Settings()
+    context = AppContext.build(settings)
+    dispatcher = Dispatcher(context.tx, context.celery, settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.auth_disabled:
+            log.warning("ALIGNAHEAD_AUTH_DISABLED is set: every request acts as tenant %r without a key",
+                        keys.LOCAL_TENANT)  # fmt: skip
+            with context.tx() as s:
+                context.local_tenant_id = keys.ensure_tenant(s, keys.LOCAL_TENANT).id
+        dispatcher.start()
         yield
+        dispatcher.stop()
         context.close()
 
     app = FastAPI(title="alignahead", version="1", description=DESCRIPTION, lifespan=lifespan)
@@ -41,40 +59,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
-    app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ServiceError, handlers.service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, handlers.validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, handlers.http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, handlers.unexpected_error)
+    app.add_middleware(Guards, settings=settings)
+    if settings.cors_origins:  # outermost: answers preflights before the guards look
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-None-Match"],
+            expose_headers=["Location", "Retry-After", "ETag", "Content-Disposition"],
+        )
     return app
 
 
 def app_from_env() -> FastAPI:
     """For `uvicorn --factory service.app:app_from_env`: settings from ALIGNAHEAD_* variables."""
     return create_app(Settings())
-
-
-def _summary(errors: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-
-
-def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
-    # FastAPI's shape (detail: a list with loc/msg/type) plus one readable line for scripts
-    return JSONResponse({"detail": errors, "message": _summary(errors)}, status_code=422)
-
-
-async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-    if isinstance(exc, Invalid):
-        return _unprocessable([{"loc": exc.loc, "msg": exc.message, "type": "value_error"}])
-    return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
-
-
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = []
-    for e in exc.errors():
-        msg = str(e.get("msg", ""))
-        loc = list(e.get("loc", ()))
-        if e.get("type") == "extra_forbidden":
-            msg = f"unknown field {loc[-1]!r}; remove it or check its spelling (see the JobSpec schema)"
-        elif e.get("type") == "json_invalid":
-            msg = f"the body is not valid JSON ({e.get('ctx', {}).get('error', msg)})"
-        # the offending input is left out: it may be a whole (large) body
-        errors.append({"loc": loc, "msg": msg, "type": e.get("type", "value_error")})
-    return _unprocessable(errors)

@@ -11,7 +11,8 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from service.settings import QUEUES, Settings
+from service.enums import Queue as JobQueue
+from service.settings import Settings
 
 RUN_JOB = "alignahead.run_job"
 
@@ -28,6 +29,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         options: dict[str, Any] = {
             # an unacknowledged message comes back after this long; a job may run for days
             "visibility_timeout": settings.redis_visibility_timeout,
+            # a blackholed broker must not hold a submission for the OS's connect timeout
+            "socket_connect_timeout": settings.broker_timeout_seconds,
+            "socket_timeout": max(settings.broker_timeout_seconds, 5.0),
         }
         if settings.queue_prefix:
             options["global_keyprefix"] = settings.queue_prefix
@@ -41,6 +45,7 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
     app.conf.update(
         broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.broker_timeout_seconds,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # the database, not a result backend, holds outcomes
@@ -52,7 +57,7 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         # a broker blip must not kill hours of training: the task runs on, and the database's
         # claim makes the redelivered message a harmless duplicate
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        task_queues=[Queue(settings.queue_name(q)) for q in QUEUES],
+        task_queues=[Queue(settings.queue_name(q)) for q in JobQueue],
         task_default_queue=settings.queue_name("cpu"),
         task_create_missing_queues=False,
         # kombu's SQL transport has no fanout exchange, which remote control needs
@@ -64,5 +69,23 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
 
 
 def enqueue(app: Celery, settings: Settings, job_id: str, queue: str) -> None:
-    """Send the job's id (and nothing else) to its queue."""
-    app.send_task(RUN_JOB, args=[job_id], queue=settings.queue_name(queue))
+    """Send the job's id (and nothing else) to its queue; raises if the broker does not take it soon.
+
+    No retries here: a job that could not be sent stays stored with no `enqueued_at`, and the API's
+    dispatcher (service.dispatch) sends it as soon as the broker answers again.
+    """
+    app.send_task(
+        RUN_JOB,
+        args=[job_id],
+        queue=settings.queue_name(queue),
+        retry=False,
+    )
+
+
+def declare_queues(app: Celery, settings: Settings) -> None:
+    """Create the queues once, before several processes start: kombu's SQL transport creates a queue's
+    row with a check-then-insert, so two processes declaring it at the same moment on a fresh broker
+    database race, and the loser exits."""
+    with app.connection_for_write() as conn:
+        for queue in JobQueue:
+            Queue(settings.queue_name(queue)).bind(conn.default_channel).declare()

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -21,58 +20,68 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running")
+from service.db import UTCDateTime
 
 # An autoincrementing 64-bit key that SQLite also autoincrements (it only does so for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
+    """This process's clock: only for stamps nobody compares across processes (see service.db.db_now)."""
     return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stored as naive UTC (SQLite keeps no zone), always handed back timezone-aware."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
     pass
 
 
+class Tenant(Base):
+    """Who owns jobs and uploads. Also holds the submission rate bucket, so that one row lock
+    serialises a tenant's submissions (limits are checked and spent atomically)."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    bucket_tokens: Mapped[float | None] = mapped_column(Float)  # submissions left; refills per minute
+    bucket_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # database clock of the last refill
+
+
+class ApiKey(Base):
+    """A key is `alh_<id>_<secret>`; only the HMAC-SHA256 of the whole key under the server secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # public: shown by `keys list`
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        Index("ix_jobs_created", "created_at", "id"),
-        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
+        Index("ix_jobs_status_created", "status", "created_at", "id"),  # the sweeps
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
     name: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))
-    queue: Mapped[str] = mapped_column(String(16))  # 'cpu' | 'gpu', without the deployment prefix
+    status: Mapped[str] = mapped_column(String(16))  # a service.enums.JobStatus
+    queue: Mapped[str] = mapped_column(String(16))  # a service.enums.Queue, without the deployment prefix
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     upload_id: Mapped[str | None] = mapped_column(String(32), index=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -81,11 +90,20 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    # Liveness, all on the database's clock (service.jobcore holds the rule): the owner renews
+    # lease_until with every heartbeat and progress_until with every finished epoch; past either, the
+    # job is taken back. deadline_at: the wall-clock limit, fixed when the job first starts.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    progress_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    time_limit_seconds: Mapped[float] = mapped_column(Float)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     # Which delivery owns a running job: every write of a worker is fenced by this token, so a worker
     # that was presumed dead and replaced can never write over its successor's rows.
     claim_token: Mapped[str | None] = mapped_column(String(32))
     worker: Mapped[str | None] = mapped_column(String(200))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims that started (or resumed) it
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0)  # times taken back from a dead worker
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
     epochs_total: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
@@ -120,7 +138,7 @@ class CheckpointRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"))
     student: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(8))  # 'best' | 'final'
+    kind: Mapped[str] = mapped_column(String(8))  # a service.enums.CheckpointKind
     epoch: Mapped[int] = mapped_column(Integer)
     score: Mapped[float | None] = mapped_column(Float)
     size: Mapped[int] = mapped_column(BigInteger)
@@ -143,9 +161,10 @@ class JobState(Base):
 
 class Upload(Base):
     __tablename__ = "uploads"
-    __table_args__ = (Index("ix_uploads_created", "created_at", "id"),)
+    __table_args__ = (Index("ix_uploads_tenant_created", "tenant_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
     filename: Mapped[str | None] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))

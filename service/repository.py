@@ -1,94 +1,81 @@
-"""Persistence functions behind the API routes: each takes a Session and does one thing.
+"""Persistence behind the API routes: each function takes a Session and a tenant and does one thing.
 
-Status changes are single conditional UPDATEs (`... WHERE status = 'queued'`), so the API and the
-workers can race without locks and exactly one of them wins.
+Everything is scoped to the tenant: another tenant's job or upload is simply not found (404), never
+"forbidden", so ids leak nothing. State changes of jobs go through service.jobcore.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from alignahead.spec import JobSpec
+from service import jobcore, quota
+from service.db import db_time
+from service.enums import ACTIVE, JobStatus
 from service.errors import Conflict, NotFound
-from service.models import (
-    ACTIVE,
-    FINISHED,
-    CheckpointRow,
-    Job,
-    JobState,
-    MetricRow,
-    Upload,
-    utcnow,
-)
+from service.models import CheckpointRow, Job, MetricRow, Upload
 from service.pagination import decode_cursor, encode_cursor
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def queue_for(spec: JobSpec) -> str:
-    return "gpu" if spec.training.device == "cuda" else "cpu"
-
 
 # --- jobs -----------------------------------------------------------------------------------------
 
 
-def create_job(session: Session, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Store a queued job; returns (job, created). A repeated Idempotency-Key returns the first job."""
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job with id {job_id!r}; list jobs with GET /v1/jobs")
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise _not_found(job_id)
+    return job
+
+
+def _job_exists(session: Session, tenant_id: str, job_id: str) -> None:
+    if session.scalar(select(Job.id).where(Job.id == job_id, Job.tenant_id == tenant_id)) is None:
+        raise _not_found(job_id)
+
+
+def submit(
+    session: Session,
+    tenant_id: str,
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None,
+    max_active: int,
+    per_minute: float,
+    time_limit_seconds: float,
+) -> tuple[Job, bool]:
+    """Store a queued job within the tenant's limits; returns (job, created). A repeated
+    Idempotency-Key returns the first job (and spends nothing)."""
+    quota.lock_tenant(session, tenant_id)  # from here on, this tenant's submissions queue behind us
     if idempotency_key is not None:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
         if existing is not None:
-            return _same_request(existing, spec), False
-    job = Job(
-        id=new_id(),
-        name=spec.name,
-        status="queued",
-        queue=queue_for(spec),
-        spec=spec.model_dump(mode="json"),
-        upload_id=spec.dataset.upload_id,
-        idempotency_key=idempotency_key,
-        created_at=utcnow(),
-        attempts=0,
-        epochs_done=0,
-        epochs_total=spec.training.epochs,
+            if JobSpec.model_validate(existing.spec) != spec:
+                raise Conflict(
+                    f"Idempotency-Key already used for job {existing.id} with a different spec; "
+                    "use a new key for a new job"
+                )
+            return existing, False
+    quota.admit(session, tenant_id, max_active=max_active, per_minute=per_minute)
+    job = jobcore.create(
+        session, tenant_id=tenant_id, spec=spec, time_limit_seconds=time_limit_seconds, idempotency_key=idempotency_key
     )
-    session.add(job)
-    session.flush()  # IntegrityError: a concurrent request with the same key won; the caller retries
     return job, True
 
 
-def _same_request(job: Job, spec: JobSpec) -> Job:
-    if JobSpec.model_validate(job.spec) != spec:
-        raise Conflict(
-            f"Idempotency-Key already used for job {job.id} with a different spec; use a new key for a new job"
-        )
-    return job
-
-
-def mark_enqueued(session: Session, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-
-
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"no job with id {job_id!r}; list jobs with GET /v1/jobs")
-    return job
-
-
 def list_jobs(
-    session: Session, *, status: str | None, limit: int, cursor: str | None
+    session: Session, tenant_id: str, *, status: JobStatus | None, limit: int, cursor: str | None
 ) -> tuple[Sequence[Job], str | None]:
     """Newest first; the cursor is the last row of the previous page."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    query = (
+        select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    )
     if status is not None:
         query = query.where(Job.status == status)
     if cursor is not None:
@@ -100,79 +87,48 @@ def list_jobs(
     return page, next_cursor
 
 
-def request_cancel(session: Session, job_id: str, stale_after_seconds: float) -> Job:
-    """Queued: cancelled at once (it never starts). Running: flagged; its worker stops at the next step
-    and marks it cancelled, keeping the metrics and checkpoints stored so far."""
-    job = get_job(session, job_id)
-    if job.status in FINISHED:
-        raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
-    now = utcnow()
-    queued = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", finished_at=now, cancel_requested_at=now)
-    )
-    if queued.rowcount == 0:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.cancel_requested_at.is_(None))
-            .values(cancel_requested_at=now)
-        )
-    session.refresh(job)
-    if job.status == "running" and _is_stale(job, stale_after_seconds):
-        # its worker is gone, so nobody would ever acknowledge the request: settle it here
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.claim_token == job.claim_token)
-            .values(status="cancelled", finished_at=now, claim_token=None)
-        )
-        session.refresh(job)
-    elif job.status in FINISHED and queued.rowcount == 0:  # it finished while we looked
-        raise Conflict(f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled")
-    return job
+def request_cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    return jobcore.request_cancel(session, get_job(session, tenant_id, job_id))
 
 
-def _is_stale(job: Job, stale_after_seconds: float) -> bool:
-    beat = job.heartbeat_at or job.started_at
-    return beat is None or beat < utcnow() - timedelta(seconds=stale_after_seconds)
-
-
-def delete_job(session: Session, job_id: str) -> None:
-    job = get_job(session, job_id)
-    if job.status not in FINISHED:
-        raise Conflict(
-            f"job {job_id} is {job.status}; only finished jobs can be deleted. "
-            f"Cancel it first with POST /v1/jobs/{job_id}/cancel"
-        )
-    # children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on
-    for model in (MetricRow, CheckpointRow, JobState):
-        session.execute(delete(model).where(model.job_id == job_id))
-    session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINISHED)))
+def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
+    jobcore.delete_finished(session, get_job(session, tenant_id, job_id))
 
 
 # --- metrics and checkpoints ------------------------------------------------------------------------
 
 
-def list_metrics(session: Session, job_id: str, *, since: int, student: int | None, limit: int) -> Sequence[MetricRow]:
-    get_job(session, job_id)
-    query = (
-        select(MetricRow).where(MetricRow.job_id == job_id, MetricRow.id > since).order_by(MetricRow.id).limit(limit)
-    )
+def list_metrics(
+    session: Session, tenant_id: str, job_id: str, *, since: int, student: int | None, limit: int
+) -> Sequence[MetricRow]:
+    """Rows after `since`, in seq order; one query that also tells an unknown job (no row at all) from
+    a known one with nothing new (one row of NULLs), since most polls find nothing new."""
+    on = and_(MetricRow.job_id == Job.id, MetricRow.id > since)
     if student is not None:
-        query = query.where(MetricRow.student == student)
-    return session.scalars(query).all()
+        on = and_(on, MetricRow.student == student)
+    rows = session.execute(
+        select(Job.id, MetricRow)
+        .outerjoin(MetricRow, on)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id)
+        .order_by(MetricRow.id)
+        .limit(limit)
+    ).all()
+    if not rows:
+        raise _not_found(job_id)
+    return [r[1] for r in rows if r[1] is not None]
 
 
-def list_checkpoints(session: Session, job_id: str) -> Sequence[CheckpointRow]:
-    get_job(session, job_id)
-    return session.scalars(
+def list_checkpoints(session: Session, tenant_id: str, job_id: str) -> tuple[Job, Sequence[CheckpointRow]]:
+    job = get_job(session, tenant_id, job_id)
+    rows = session.scalars(
         select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.student, CheckpointRow.kind)
     ).all()
+    return job, rows
 
 
-def get_checkpoint(session: Session, job_id: str, student: int, kind: str) -> CheckpointRow:
+def get_checkpoint(session: Session, tenant_id: str, job_id: str, student: int, kind: str) -> CheckpointRow:
     """The checkpoint's metadata (its bytes stay unloaded)."""
-    get_job(session, job_id)
+    _job_exists(session, tenant_id, job_id)
     row = session.scalar(
         select(CheckpointRow).where(
             CheckpointRow.job_id == job_id, CheckpointRow.student == student, CheckpointRow.kind == kind
@@ -188,7 +144,7 @@ def get_checkpoint(session: Session, job_id: str, student: int, kind: str) -> Ch
 
 def checkpoint_data(session: Session, job_id: str, student: int, kind: str) -> tuple[str, bytes]:
     """(sha256, bytes) read together, so the hash always matches the bytes even if a worker just
-    replaced the checkpoint."""
+    replaced the checkpoint. Call after get_checkpoint, which checks the tenant."""
     row = session.execute(
         select(CheckpointRow.sha256, CheckpointRow.data).where(
             CheckpointRow.job_id == job_id, CheckpointRow.student == student, CheckpointRow.kind == kind
@@ -202,34 +158,45 @@ def checkpoint_data(session: Session, job_id: str, student: int, kind: str) -> t
 # --- uploads --------------------------------------------------------------------------------------
 
 
-def create_upload(session: Session, data: bytes, filename: str | None, summary: dict[str, Any]) -> Upload:
+def create_upload(
+    session: Session, tenant_id: str, data: bytes, filename: str | None, summary: dict[str, Any]
+) -> Upload:
     upload = Upload(
-        id=new_id(),
+        id=jobcore.new_id(),
+        tenant_id=tenant_id,
         filename=filename,
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         summary=summary,
         data=data,
-        created_at=utcnow(),
+        created_at=db_time(session),
     )
     session.add(upload)
     session.flush()
     return upload
 
 
-def get_upload(session: Session, upload_id: str) -> Upload:
+def get_upload(session: Session, tenant_id: str, upload_id: str) -> Upload:
     upload = session.get(Upload, upload_id)
-    if upload is None:
+    if upload is None or upload.tenant_id != tenant_id:
         raise NotFound(f"no uploaded dataset with id {upload_id!r}; list uploads with GET /v1/datasets")
     return upload
 
 
-def upload_exists(session: Session, upload_id: str) -> bool:
-    return bool(session.scalar(select(exists().where(Upload.id == upload_id))))
+def upload_summary(session: Session, tenant_id: str, upload_id: str) -> dict[str, Any] | None:
+    """What inspection found in the tenant's upload, or None if it has no such upload."""
+    return session.scalar(select(Upload.summary).where(Upload.id == upload_id, Upload.tenant_id == tenant_id))
 
 
-def list_uploads(session: Session, *, limit: int, cursor: str | None) -> tuple[Sequence[Upload], str | None]:
-    query = select(Upload).order_by(Upload.created_at.desc(), Upload.id.desc()).limit(limit + 1)
+def list_uploads(
+    session: Session, tenant_id: str, *, limit: int, cursor: str | None
+) -> tuple[Sequence[Upload], str | None]:
+    query = (
+        select(Upload)
+        .where(Upload.tenant_id == tenant_id)
+        .order_by(Upload.created_at.desc(), Upload.id.desc())
+        .limit(limit + 1)
+    )
     if cursor is not None:
         created_at, upload_id = decode_cursor(cursor)
         query = query.where(
@@ -241,8 +208,8 @@ def list_uploads(session: Session, *, limit: int, cursor: str | None) -> tuple[S
     return page, next_cursor
 
 
-def delete_upload(session: Session, upload_id: str) -> None:
-    get_upload(session, upload_id)
+def delete_upload(session: Session, tenant_id: str, upload_id: str) -> None:
+    get_upload(session, tenant_id, upload_id)
     users = session.scalars(select(Job.id).where(Job.upload_id == upload_id, Job.status.in_(ACTIVE)).limit(5)).all()
     if users:
         raise Conflict(

@@ -3,7 +3,8 @@
     python -m service.run_local [--host 127.0.0.1] [--port 8000]
 
 Uses the same ALIGNAHEAD_* settings as everything else; the defaults keep the database and the
-broker in SQLite files under ./var, so nothing else needs to run.
+broker in SQLite files under ./var, so nothing else needs to run. On first start it creates an API
+key for tenant 'local' and keeps it in ./var/local-api-key (ALIGNAHEAD_LOCAL_KEY_FILE).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
+from service import keys
 from service.app import create_app
-from service.broker import is_sqla_broker
-from service.settings import QUEUES, Settings
+from service.broker import declare_queues, is_sqla_broker, make_celery
+from service.db import make_engine, make_sessionmaker, transaction
+from service.enums import Queue
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("alignahead.run_local")
@@ -35,7 +39,7 @@ def upgrade_database(settings: Settings) -> None:
 
 
 def worker_command(settings: Settings) -> list[str]:
-    queues = ",".join(settings.queue_name(q) for q in QUEUES)
+    queues = ",".join(settings.queue_name(q) for q in Queue)
     argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues,
             "--pool", "solo", "--loglevel", "INFO", "-n", "local@%h"]  # fmt: skip
     if is_sqla_broker(settings.broker_url):  # no fanout on the SQL transport
@@ -53,6 +57,27 @@ def _absolute_sqlite(url: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     absolute = parsed.set(database=str(path)).render_as_string(hide_password=False)
     return f"{prefix}+{absolute}" if prefix else absolute
+
+
+def ensure_local_key(settings: Settings) -> Path | None:
+    """Tenant 'local' and a key for it, made once and kept (mode 0600) in settings.local_key_file."""
+    if settings.auth_disabled:
+        return None
+    path = Path(settings.local_key_file)
+    if path.is_file() and path.read_text().strip():
+        return path
+    secret = keys.server_secret(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as s:
+            _, key = keys.create_key(s, secret, keys.LOCAL_TENANT, label="made by make run")
+    finally:
+        engine.dispose()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return path
 
 
 def stop(worker: subprocess.Popen[bytes], grace: float = 30.0) -> None:
@@ -82,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     upgrade_database(settings)
+    declare_queues(make_celery(settings), settings)
+    key_file = ensure_local_key(settings)
+    # printed, not logged: Alembic's logging configuration has raised the root level by now
+    if key_file is None:
+        print("ALIGNAHEAD_AUTH_DISABLED: the API answers anyone who can reach it, without a key", flush=True)
+    else:
+        print(f"API key of tenant 'local' kept in {key_file}; send it as: "
+              f'-H "Authorization: Bearer $(cat {key_file})"', flush=True)  # fmt: skip
     worker = None
     if not args.no_worker:
         env = {
@@ -92,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         worker = subprocess.Popen(worker_command(settings), env=env)
-        log.info("worker started (pid %d); API on http://%s:%d/docs", worker.pid, args.host, args.port)
+        print(f"worker started (pid {worker.pid}); API on http://{args.host}:{args.port}/docs", flush=True)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
     finally:

@@ -8,17 +8,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignahead.spec import JobSpec
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-CheckpointKind = Literal["best", "final"]
+from service.enums import CheckpointKind, JobStatus, Queue
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. ['body', 'training', 'epochs'] or ['query', 'since'].")
+    msg: str = Field(description="What is wrong there.")
+    type: str = Field(description="A stable machine-readable kind, e.g. 'less_than_equal' or 'extra_forbidden'.")
+
+
 class ErrorOut(BaseModel):
-    detail: str = Field(description="What went wrong and how to fix it.")
+    """The shape of every error answer."""
+
+    detail: str = Field(description="One readable sentence: what went wrong and how to fix it.")
+    errors: list[ErrorItem] = Field(description="The fields at fault (validation errors); empty otherwise.")
 
 
 class Progress(BaseModel):
@@ -38,10 +45,16 @@ class JobSummaryOut(BaseModel):
     id: str
     name: str | None
     status: JobStatus
-    queue: Literal["cpu", "gpu"]
+    queue: Queue
     progress: Progress
-    attempts: int = Field(description="Deliveries that started the job; >1 after a worker died.")
+    attempts: int = Field(
+        description="Times a worker started (or resumed) the job; >1 after a worker died or handed it back."
+    )
+    worker_losses: int = Field(
+        description="Times the job was taken back from a worker that died or stalled; at max_attempts it fails."
+    )
     cancel_requested: bool
+    worker: str | None = Field(description="host:pid of the worker that ran it last.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

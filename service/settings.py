@@ -7,11 +7,14 @@ deployment in the same process) passes its own instead of patching module global
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-QUEUES = ("cpu", "gpu")
+from service.enums import Queue
+
+GiB = 2**30
 
 
 class Settings(BaseSettings):
@@ -38,14 +41,91 @@ class Settings(BaseSettings):
     )
 
     # --- API --------------------------------------------------------------------------------------
-    max_upload_bytes: int = Field(256 * 2**20, ge=1, description="Largest accepted dataset upload.")
     api_host: str = Field("127.0.0.1", description="Where `python -m service.run_local` serves the API.")
     api_port: int = Field(8000, ge=1, le=65535, description="Its port.")
+    dispatch_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often the API retries sending stored jobs that the broker did not take (it was "
+        "down): they leave within this long of its return.",
+    )
+    broker_timeout_seconds: float = Field(
+        2.0, gt=0, description="Longest wait for the broker when sending a job; then the job waits for a retry."
+    )
+
+    # --- keys and tenants -------------------------------------------------------------------------
+    auth_disabled: bool = Field(
+        False,
+        description="Serve every request without a key, as the tenant 'local'. Only for a single user on "
+        "a trusted machine; never the default.",
+    )
+    auth_secret: SecretStr | None = Field(
+        None,
+        description="Server secret under which API keys are hashed (HMAC-SHA256). Unset: read from "
+        "auth_secret_file, which is created on first use only for a SQLite database; every API process "
+        "and alignahead-admin must share it. Changing it invalidates every key.",
+    )
+    auth_secret_file: Path = Field(Path("./var/auth-secret"), description="Where the secret is kept if unset.")
+    local_key_file: Path = Field(
+        Path("./var/local-api-key"),
+        description="`make run` (service.run_local) creates a key for tenant 'local' on first start and keeps it here.",
+    )
+    auth_cache_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long an API process trusts a verified key without asking the database again; a "
+        "revoked key stops working within this long.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (comma-separated); empty: no cross-origin "
+        "access, and state-changing requests from other origins are refused.",
+    )
+
+    # --- limits (each refusal names its setting) --------------------------------------------------
+    max_upload_bytes: int = Field(256 * 2**20, ge=1, description="Largest accepted dataset upload (413).")
+    max_unpacked_bytes: int = Field(
+        1 * GiB,
+        ge=1,
+        description="Largest uncompressed size of an npz (and of its features as a dense float32 matrix), "
+        "in the API's upload check and in the worker alike.",
+    )
+    max_json_bytes: int = Field(1 * 2**20, ge=1024, description="Largest JSON request body (413).")
+    max_json_depth: int = Field(32, ge=4, le=1000, description="Deepest nesting of a JSON request body (422).")
+    max_nodes: int = Field(2_000_000, ge=1, description="Nodes of a synthetic or uploaded dataset, all graphs.")
+    max_edges: int = Field(50_000_000, ge=1, description="Directed edges (self-loops included), all graphs.")
+    max_features: int = Field(100_000, ge=1, description="Input features per node.")
+    max_graphs: int = Field(1000, ge=1, description="Graphs in a multi-graph dataset.")
+    max_students: int = Field(8, ge=1, description="Students per job.")
+    max_hidden_layers: int = Field(8, ge=1, description="Hidden layers per student.")
+    max_width: int = Field(4096, ge=1, description="hidden_size x heads of a student's hidden layer.")
+    max_epochs: int = Field(10_000, ge=1, description="Epochs per job.")
+    worker_memory_bytes: int = Field(
+        8 * GiB,
+        ge=1,
+        description="Memory a worker has for one job; a job whose estimated peak is larger is refused.",
+    )
+    max_active_jobs: int = Field(20, ge=1, description="Queued + running jobs per tenant (429).")
+    max_submissions_per_minute: float = Field(
+        60, gt=0, description="Job submissions per tenant and minute, a token bucket (429 with Retry-After)."
+    )
+    max_job_seconds: float = Field(
+        2 * 24 * 3600.0,
+        gt=0,
+        description="Wall-clock limit of a job from its first start; past it the job ends failed.",
+    )
+    max_attempts: int = Field(3, ge=1, description="A job whose worker died (or stalled) this many times ends failed.")
 
     # --- workers ----------------------------------------------------------------------------------
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a running job's worker says it lives.")
     stale_after_seconds: float = Field(
-        60.0, gt=0, description="A running job whose heartbeat is older than this is an orphan."
+        60.0, gt=0, description="A running job whose heartbeat is older than this is taken back (its lease)."
+    )
+    stall_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A running job whose epoch has not advanced for this long is taken back although its "
+        "heartbeat goes on (a hung step); make it longer than an epoch, and than loading the dataset.",
     )
     queued_grace_seconds: float = Field(
         300.0, ge=0, description="A queued job older than this is re-enqueued by the orphan sweep."
@@ -53,9 +133,14 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(
         60.0, ge=0, description="Periodic orphan sweep inside each worker; 0 sweeps only at start."
     )
-    cancel_poll_seconds: float = Field(0.5, gt=0, description="Least time between two cancellation checks.")
     state_every_epochs: int = Field(
-        5, ge=1, description="Save the full training state (for resume after a crash) every N epochs."
+        5, ge=1, description="Save the full training state (for resume after a crash) every N epochs..."
+    )
+    state_every_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="...and no more often than this: a crash redoes at most about this much training, and "
+        "saving stays a small share of the job's time however short its epochs.",
     )
     torch_threads: int | None = Field(
         None,
@@ -76,8 +161,20 @@ class Settings(BaseSettings):
                 f"stale_after_seconds ({self.stale_after_seconds:g}) must be at least twice "
                 f"heartbeat_seconds ({self.heartbeat_seconds:g}), or live jobs would look orphaned"
             )
+        if self.stall_after_seconds < self.stale_after_seconds:
+            raise ValueError(
+                f"stall_after_seconds ({self.stall_after_seconds:g}) must be at least stale_after_seconds "
+                f"({self.stale_after_seconds:g})"
+            )
         return self
 
-    def queue_name(self, kind: str) -> str:
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):  # ALIGNAHEAD_CORS_ORIGINS=https://a.example,https://b.example
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    def queue_name(self, queue: Queue | str) -> str:
         """The broker queue for 'cpu' or 'gpu' jobs."""
-        return f"{self.queue_prefix}{kind}"
+        return f"{self.queue_prefix}{Queue(queue)}"

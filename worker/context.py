@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker, transaction
+from service.jobcore import Lease
 from service.settings import Settings
 
 
@@ -29,6 +30,7 @@ class WorkerContext:
     sessions: sessionmaker[Session]
     celery: Celery
     name: str  # host:pid, stored on the jobs this process runs
+    lease: Lease  # the liveness this worker promises for the jobs it claims
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -52,13 +54,14 @@ def get_worker_context(celery: Celery | None = None) -> WorkerContext:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, idle_transaction_seconds=settings.stale_after_seconds)
         ctx = WorkerContext(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             celery=celery or make_celery(settings),
             name=f"{socket.gethostname()}:{pid}",
+            lease=Lease(settings.stale_after_seconds, settings.stall_after_seconds),
         )
         for inherited in _contexts.values():  # forked from a parent that had one
             inherited.engine.dispose(close=False)  # leave the parent's connections alone

@@ -1,8 +1,11 @@
 """Runs one claimed job through the library and records what happens, whatever happens.
 
-The trainer drives; the callbacks here persist each epoch, each checkpoint, and answer "should I stop?"
-(cancelled by a user, or this worker lost the job to another). A background thread beats the heartbeat
-so that a long epoch never looks like a dead worker.
+The trainer drives; the callbacks here persist each epoch and each checkpoint, and answer "should I
+stop?" from flags alone (no database round trip per step). The flags are set by what the database
+says with every write the worker makes anyway: the heartbeat thread's beat (every heartbeat_seconds,
+so a long epoch is cut short) and the end of each epoch (so a short one never runs past the epoch in
+which a cancel was asked). Either write also says whether this worker still owns the job and whether
+the job ran past its wall-clock limit.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
 from alignahead.datasets import DatasetError, load_dataset
 from alignahead.spec import JobSpec
 from alignahead.trainer import Callbacks, Checkpoint, EpochMetrics, Trainer, TrainResult
-from service.broker import enqueue
+from service import dispatch, jobcore
+from service.enums import JobStatus
+from service.jobcore import Claim, Signals
 from worker import store
 from worker.context import WorkerContext, shutting_down
 
@@ -33,12 +39,34 @@ def error_message(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
-class Heartbeat:
-    """Beats every heartbeat_seconds in its own thread while the job runs."""
+class Flags:
+    """Why the job should stop, as events any thread may set and the training step reads for free."""
 
-    def __init__(self, ctx: WorkerContext, claim: store.Claim) -> None:
-        self.ctx, self.claim = ctx, claim
+    def __init__(self, cancel_requested: bool) -> None:
         self.lost = threading.Event()
+        self.cancel = threading.Event()
+        self.over_time = threading.Event()
+        if cancel_requested:
+            self.cancel.set()
+
+    def apply(self, signals: Signals) -> None:
+        if not signals.owned:
+            self.lost.set()
+        if signals.cancel_requested:
+            self.cancel.set()
+        if signals.over_time:
+            self.over_time.set()
+
+    def stop(self) -> bool:
+        return self.lost.is_set() or self.cancel.is_set() or self.over_time.is_set() or shutting_down.is_set()
+
+
+class Heartbeat:
+    """Renews the job's lease every heartbeat_seconds in its own thread, and reads its flags."""
+
+    def __init__(self, ctx: WorkerContext, claim: Claim, flags: Flags) -> None:
+        self.ctx, self.claim, self.flags = ctx, claim, flags
+        self.beats = threading.Event()  # set after each beat: tests wait on it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{claim.job_id}", daemon=True)
 
@@ -54,93 +82,112 @@ class Heartbeat:
         while not self._stop.wait(self.ctx.settings.heartbeat_seconds):
             try:
                 with self.ctx.tx() as s:
-                    if not store.heartbeat(s, self.claim):
-                        self.lost.set()
-                        return
+                    signals = jobcore.heartbeat(s, self.claim, self.ctx.lease)
             except Exception:  # a database hiccup: try again next beat
                 log.warning("heartbeat of job %s failed", self.claim.job_id, exc_info=True)
+                continue
+            self.flags.apply(signals)
+            self.beats.set()
+            if not signals.owned:
+                return
 
 
 class JobRunner:
-    def __init__(self, ctx: WorkerContext, claim: store.Claim) -> None:
+    def __init__(self, ctx: WorkerContext, claim: Claim) -> None:
         self.ctx = ctx
         self.claim = claim
         self.spec: JobSpec  # parsed in _train, where a failure is recorded like any other
         self.settings = ctx.settings
         self.trainer: Trainer | None = None
-        self.heartbeat: Heartbeat | None = None
-        self._cancel = False
-        self._lost = False
-        self._suspend = False
-        self._last_poll = 0.0
+        self.flags = Flags(claim.cancel_requested)
+        self.seconds: dict[str, float] = defaultdict(float)  # time outside training, by what
+        self._state_saved = time.monotonic()
 
     # --- the run ------------------------------------------------------------------------------
 
     def run(self) -> str:
-        """The job's outcome: 'succeeded', 'failed', 'cancelled', or 'lost' (another worker has it)."""
+        """The job's outcome: 'succeeded', 'failed', 'cancelled', 'requeued', or 'lost' (another worker
+        has it)."""
         job_id = self.claim.job_id
-        if self.claim.cancel_requested:  # cancelled while no worker held it
-            return self._finish("cancelled")
+        if self.flags.cancel.is_set():  # cancelled while no worker held it
+            return self._finish(JobStatus.CANCELLED)
+        t0 = time.perf_counter()
         try:
-            with Heartbeat(self.ctx, self.claim) as self.heartbeat:
+            with Heartbeat(self.ctx, self.claim, self.flags):
                 result = self._train()
         except LostClaim:
             log.warning("job %s was taken over by another worker; this delivery stops", job_id)
             return "lost"
         except Exception as e:
             log.exception("job %s failed", job_id)
-            return self._finish("failed", error=error_message(e))
+            return self._finish(JobStatus.FAILED, error=error_message(e))
         finally:
             self._release_device()
+        self._log_time(time.perf_counter() - t0)
         summaries = [asdict(s) for s in result.students]
-        if result.cancelled and self._suspend and not self._cancel:
-            return self._hand_back()
-        status = "cancelled" if result.cancelled else "succeeded"
-        return self._finish(status, summaries=summaries, epochs_done=result.epochs_done)
+        done = {"summaries": summaries, "epochs_done": result.epochs_done}
+        if not result.cancelled:
+            return self._finish(JobStatus.SUCCEEDED, **done)
+        if self.flags.lost.is_set():
+            log.warning("job %s was taken over by another worker; this delivery stops", job_id)
+            return "lost"
+        if self.flags.cancel.is_set():
+            return self._finish(JobStatus.CANCELLED, **done)
+        if self.flags.over_time.is_set():
+            return self._finish(
+                JobStatus.FAILED, error=jobcore.time_limit_message(self.claim.time_limit_seconds), **done
+            )
+        return self._hand_back()  # shutting down
 
     def _hand_back(self) -> str:
         with self.ctx.tx() as s:
-            if not store.release(s, self.claim):
+            if not jobcore.release(s, self.claim):
                 return "lost"
-        try:
-            enqueue(self.ctx.celery, self.settings, self.claim.job_id, self.claim.queue)
-        except Exception:  # still queued in the database: the orphan sweep re-sends it
-            log.exception("job %s: could not re-enqueue while shutting down", self.claim.job_id)
+        # if the broker is away, the job stays stored and unsent; the API's dispatcher sends it later
+        dispatch.send(self.ctx.tx, self.ctx.celery, self.settings, self.claim.job_id, self.claim.queue)
         log.warning("job %s handed back to the queue (worker shutting down)", self.claim.job_id)
         return "requeued"
 
     def _train(self) -> TrainResult:
         self.spec = JobSpec.model_validate(self.claim.spec)
+        t0 = time.perf_counter()
         with self.ctx.tx() as s:
-            point = store.prepare_resume(s, self.claim, [st.arch for st in self.spec.expanded_students()])
+            saved = store.resume_state(s, self.claim)
         dataset = load_dataset(
             self.spec.dataset,
             seed=self.spec.training.seed,
             data_dir=self.settings.data_dir,
             resolve_upload=self._upload,
+            max_bytes=self.settings.max_unpacked_bytes,
         )
-        callbacks = Callbacks(
-            on_epoch=self._on_epoch, on_checkpoint=self._on_checkpoint, should_cancel=self._should_cancel
-        )
+        callbacks = Callbacks(on_epoch=self._on_epoch, on_checkpoint=self._on_checkpoint, should_cancel=self.flags.stop)
         self.trainer = Trainer(self.spec, dataset, callbacks)
-        if point.state is not None:
+        if saved is not None:
             try:
-                self.trainer.load_state_bytes(point.state)
+                self.trainer.load_state_bytes(saved[1])
                 log.info("job %s resumes after epoch %d", self.claim.job_id, self.trainer.epoch)
             except Exception:
+                # the epochs are redone from the start; their stored rows are compared, not rewritten
                 log.warning("job %s: stored training state unusable; starting over", self.claim.job_id, exc_info=True)
-                with self.ctx.tx() as s:
-                    store.reset_progress(s, self.claim)
                 self.trainer = Trainer(self.spec, dataset, callbacks)
+        self.seconds["dataset and set-up"] += time.perf_counter() - t0
         return self.trainer.run()
 
-    def _finish(self, status: str, **kwargs: Any) -> str:
+    def _finish(self, status: JobStatus, **kwargs: Any) -> str:
         with self.ctx.tx() as s:
-            if not store.finish(s, self.claim, status, **kwargs):
+            if not jobcore.finish(s, self.claim, status, **kwargs):
                 log.warning("job %s: not recording %r, another worker owns it now", self.claim.job_id, status)
                 return "lost"
         log.info("job %s %s", self.claim.job_id, status)
-        return status
+        return str(status)
+
+    def _log_time(self, wall: float) -> None:
+        outside = sum(self.seconds.values())
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+        log.info(
+            "job %s: %.2f s in the worker, %.2f s (%.1f %%) outside training: %s",
+            self.claim.job_id, wall, outside, 100 * outside / wall if wall else 0.0, parts,
+        )  # fmt: skip
 
     def _release_device(self) -> None:
         self.trainer = None
@@ -156,43 +203,45 @@ class JobRunner:
 
     def _upload(self, upload_id: str) -> bytes:
         with self.ctx.tx() as s:
-            return store.upload_bytes(s, upload_id)
+            return store.upload_bytes(s, self.claim, upload_id)
 
     def _on_epoch(self, metrics: list[EpochMetrics]) -> None:
+        t0 = time.perf_counter()
         epoch = metrics[0].epoch
         assert self.trainer is not None  # callbacks fire only inside trainer.run()
         summaries = [asdict(s) for s in self.trainer.summaries]  # updated before on_epoch is called
         state = None
-        if epoch % self.settings.state_every_epochs == 0 and epoch < self.spec.training.epochs:
+        due = time.monotonic() - self._state_saved >= self.settings.state_every_seconds
+        if epoch % self.settings.state_every_epochs == 0 and due and epoch < self.spec.training.epochs:
             state = self.trainer.state_bytes()  # consistent here: the epoch is complete
+            self._state_saved = time.monotonic()
         rows = [asdict(m) for m in metrics]
         with self.ctx.tx() as s:
-            if not store.record_epoch(s, self.claim, rows, epochs_done=epoch, summaries=summaries, state=state):
-                self._lost = True
-        if self._lost:
+            outcome = jobcore.record_epoch(
+                s,
+                self.claim,
+                self.ctx.lease,
+                rows,
+                epoch=epoch,
+                summaries=summaries,
+                state=state,
+                maybe_redone=epoch <= self.claim.epochs_done,
+            )
+        self.flags.apply(outcome.signals)
+        if outcome.mismatches:
+            log.warning("job %s: epoch %d redone after a resume differs from the stored rows, which are kept: %s",
+                        self.claim.job_id, epoch, "; ".join(outcome.mismatches))  # fmt: skip
+        self.seconds["epoch writes"] += time.perf_counter() - t0
+        if self.flags.lost.is_set():
             raise LostClaim
 
     def _on_checkpoint(self, ckpt: Checkpoint) -> None:
+        t0 = time.perf_counter()
         with self.ctx.tx() as s:
-            ok = store.store_checkpoint(
+            ok = jobcore.store_checkpoint(
                 s, self.claim, student=ckpt.student, kind=ckpt.kind, epoch=ckpt.epoch, score=ckpt.score, data=ckpt.data
             )
+        self.seconds["checkpoint writes"] += time.perf_counter() - t0
         if not ok:
-            self._lost = True
+            self.flags.lost.set()
             raise LostClaim
-
-    def _should_cancel(self) -> bool:
-        if self.heartbeat is not None and self.heartbeat.lost.is_set():
-            self._lost = True
-        if shutting_down.is_set():
-            self._suspend = True
-        if self._lost or self._cancel or self._suspend:
-            return True
-        now = time.monotonic()
-        if now - self._last_poll < self.settings.cancel_poll_seconds:
-            return False  # polled at most every cancel_poll_seconds, however fast the steps
-        self._last_poll = now
-        with self.ctx.tx() as s:
-            owned, cancel = store.poll(s, self.claim)
-        self._lost, self._cancel = not owned, cancel
-        return self._lost or self._cancel

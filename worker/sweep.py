@@ -1,9 +1,12 @@
-"""The orphan sweep: re-send jobs whose broker message was probably lost.
+"""The sweep: take back jobs whose worker is gone, and send what the broker does not have.
 
 kombu's SQL transport hides a delivered message until it is acknowledged and never shows it again if
-the worker holding it is SIGKILLed; Redis brings it back only after a long visibility timeout. So each
-worker, when it starts and then periodically, re-enqueues running jobs with a stale heartbeat and
-queued jobs past a grace period. Extra messages are harmless: the atomic claim drops duplicates.
+the worker holding it is SIGKILLed; Redis brings it back only after a long visibility timeout; a Redis
+restarted without persistence forgets its queues. So each worker, when it starts and then
+periodically: takes back stale running jobs (service.jobcore's one rule; a job that lost
+max_attempts workers fails instead), sends every stored job that no broker has, and re-sends queued
+jobs whose message is older than the grace period. Extra messages are harmless: a claim takes only
+queued jobs, so duplicates are dropped.
 """
 
 from __future__ import annotations
@@ -11,33 +14,33 @@ from __future__ import annotations
 import logging
 import threading
 
+from service import dispatch, jobcore
 from service.broker import enqueue
-from worker import store
 from worker.context import WorkerContext
 
 log = logging.getLogger("alignahead.worker")
 
 
 def sweep(ctx: WorkerContext) -> list[str]:
-    """Re-enqueue orphaned jobs; returns their ids."""
-    s_ = ctx.settings
+    """One round; returns the ids of the jobs it took back."""
+    settings = ctx.settings
     with ctx.tx() as s:
-        found = store.orphans(
-            s, stale_after_seconds=s_.stale_after_seconds, queued_grace_seconds=s_.queued_grace_seconds
-        )
-    resent = []
-    for job_id, queue, previous in found:
+        taken = jobcore.take_back_stale(s, max_attempts=settings.max_attempts)
+    if taken:
+        log.warning("took back %d job(s) from lost workers: %s", len(taken), ", ".join(i for i, _ in taken))
+    dispatch.send_unsent(ctx.tx, ctx.celery, settings)
+    with ctx.tx() as s:
+        lost = jobcore.lost_messages(s, settings.queued_grace_seconds)
+    for job_id, queue, previous in lost:
         with ctx.tx() as s:
-            if not store.mark_resent(s, job_id, previous):
-                continue  # another worker's sweep got there first
+            if not jobcore.mark_sent(s, job_id, previous):
+                continue  # another sweep re-sent it first
         try:
-            enqueue(ctx.celery, s_, job_id, queue)
-            resent.append(job_id)
+            enqueue(ctx.celery, settings, job_id, queue)
+            log.warning("job %s waited past the queued grace; re-sent", job_id)
         except Exception:
-            log.exception("orphan sweep could not re-enqueue job %s", job_id)
-    if resent:
-        log.warning("orphan sweep re-enqueued %d job(s): %s", len(resent), ", ".join(resent))
-    return resent
+            log.exception("could not re-send job %s", job_id)
+    return [i for i, _ in taken]
 
 
 class Sweeper:
@@ -46,7 +49,7 @@ class Sweeper:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="orphan-sweep", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="sweep", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -60,6 +63,6 @@ class Sweeper:
             try:
                 sweep(self.ctx)
             except Exception:  # the database may be briefly away; the next round retries
-                log.exception("orphan sweep failed")
+                log.exception("sweep failed")
             if interval <= 0 or self._stop.wait(interval):
                 return

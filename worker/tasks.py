@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from service import jobcore
 from service.broker import RUN_JOB, enqueue
 from worker import store
 from worker.app import app
@@ -24,10 +25,10 @@ def run_job(job_id: str) -> str:
             enqueue(ctx.celery, ctx.settings, job_id, queue)
         return "deferred"
     with ctx.tx() as s:
-        claim = store.claim(s, job_id, stale_after_seconds=ctx.settings.stale_after_seconds, worker=ctx.name)
+        claim = jobcore.claim(s, job_id, worker=ctx.name, lease=ctx.lease)
     if claim is None:
         log.info("job %s: not claimable (finished, cancelled, unknown or running elsewhere); dropped", job_id)
         return "dropped"
     if claim.attempts > 1:
-        log.warning("job %s: attempt %d, resuming after a lost worker", job_id, claim.attempts)
+        log.warning("job %s: attempt %d, resuming", job_id, claim.attempts)
     return JobRunner(ctx, claim).run()

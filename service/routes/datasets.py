@@ -5,22 +5,34 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from alignahead.datasets import DatasetError, inspect_npz, list_datasets
+from service import limits, views
 from service import repository as repo
-from service import views
-from service.context import AppContext, get_context
+from service.auth import current_tenant, known_query
+from service.context import AppContext
+from service.deps import Ctx, TenantId
 from service.errors import Invalid
 from service.schemas import BuiltinDataset, DatasetList, ErrorOut, UploadOut
-from service.uploads import read_file_field
+from service.uploads import check_unpacked_size, read_file_field
 
 log = logging.getLogger("alignahead.service")
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-Ctx = Annotated[AppContext, Depends(get_context)]
-NOT_FOUND = {404: {"model": ErrorOut, "description": "No such upload."}}
+
+def _err(description: str) -> dict:
+    return {"model": ErrorOut, "description": description}
+
+
+router = APIRouter(
+    prefix="/v1/datasets",
+    tags=["datasets"],
+    dependencies=[Depends(current_tenant), Depends(known_query)],
+    responses={401: _err("No valid API key."), 422: _err("A parameter or the file is not valid.")},
+)
+NOT_FOUND = {404: _err("No such upload for this key's tenant.")}
+UploadId = Annotated[str, Path(max_length=64, description="The upload's id.")]
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -44,9 +56,10 @@ _UPLOAD_BODY = {
 }
 
 
-def _inspect(data: bytes) -> dict[str, Any]:
+def _inspect(data: bytes, max_unpacked: int) -> dict[str, Any]:
+    check_unpacked_size(data, max_unpacked)  # declared sizes first: nothing is inflated past the cap
     try:
-        return inspect_npz(data)
+        return inspect_npz(data, max_bytes=max_unpacked)
     except DatasetError as e:
         raise Invalid(["body", "file"], str(e)) from e
     except Exception as e:  # any other parse failure is still the file's fault, not the server's
@@ -59,29 +72,35 @@ def _inspect(data: bytes) -> dict[str, Any]:
     status_code=status.HTTP_201_CREATED,
     response_model=UploadOut,
     openapi_extra=_UPLOAD_BODY,
-    responses={413: {"model": ErrorOut, "description": "Larger than max_upload_bytes."}},
+    responses={413: _err("Larger than max_upload_bytes, or unpacks to more than max_unpacked_bytes.")},
 )
-async def upload_dataset(request: Request, ctx: Ctx) -> UploadOut:
-    """Store an npz graph; use it in a job as `{"name": "upload", "upload_id": <id>}`."""
-    data, filename = await read_file_field(request, ctx.settings.max_upload_bytes)
-    summary = await run_in_threadpool(_inspect, data)
-    return await run_in_threadpool(_store, ctx, data, filename, summary)
+async def upload_dataset(request: Request, ctx: Ctx, tenant: TenantId) -> UploadOut:
+    """Store an npz graph for this tenant; use it in a job as `{"name": "upload", "upload_id": <id>}`.
+    Refused unless it is within the same limits a worker applies (sizes, unpacked bytes)."""
+    settings = ctx.settings
+    data, filename = await read_file_field(request, settings.max_upload_bytes)
+    summary = await run_in_threadpool(_inspect, data, settings.max_unpacked_bytes)
+    size = limits.upload_size(summary)
+    limits.check_dataset(size, settings, ["body", "file"])
+    limits.check_dense_features(size, settings)
+    return await run_in_threadpool(_store, ctx, tenant, data, filename, summary)
 
 
-def _store(ctx: AppContext, data: bytes, filename: str | None, summary: dict[str, Any]) -> UploadOut:
+def _store(ctx: AppContext, tenant: str, data: bytes, filename: str | None, summary: dict[str, Any]) -> UploadOut:
     with ctx.tx() as s:
-        return views.upload_out(repo.create_upload(s, data, filename, summary))
+        return views.upload_out(repo.create_upload(s, tenant, data, filename, summary))
 
 
 @router.get("", response_model=DatasetList)
 def list_all(
     ctx: Ctx,
+    tenant: TenantId,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page.")] = None,
 ) -> DatasetList:
-    """Uploads (newest first, paged) and the dataset names a job spec accepts."""
-    with ctx.tx() as s:
-        uploads, next_cursor = repo.list_uploads(s, limit=limit, cursor=cursor)
+    """This tenant's uploads (newest first, paged) and the dataset names a job spec accepts."""
+    with ctx.read() as s:
+        uploads, next_cursor = repo.list_uploads(s, tenant, limit=limit, cursor=cursor)
         out = [views.upload_out(u) for u in uploads]
     builtin = [
         BuiltinDataset(name=d.name, kind=d.kind, description=d.description)
@@ -92,18 +111,18 @@ def list_all(
 
 
 @router.get("/{upload_id}", response_model=UploadOut, responses=NOT_FOUND)
-def get_upload(upload_id: str, ctx: Ctx) -> UploadOut:
-    with ctx.tx() as s:
-        return views.upload_out(repo.get_upload(s, upload_id))
+def get_upload(upload_id: UploadId, ctx: Ctx, tenant: TenantId) -> UploadOut:
+    with ctx.read() as s:
+        return views.upload_out(repo.get_upload(s, tenant, upload_id))
 
 
 @router.delete(
     "/{upload_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "A queued or running job uses it."}},
+    responses={**NOT_FOUND, 409: _err("A queued or running job uses it.")},
 )
-def delete_upload(upload_id: str, ctx: Ctx) -> Response:
+def delete_upload(upload_id: UploadId, ctx: Ctx, tenant: TenantId) -> Response:
     with ctx.tx() as s:
-        repo.delete_upload(s, upload_id)
+        repo.delete_upload(s, tenant, upload_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

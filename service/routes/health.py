@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from service.broker import is_sqla_broker
-from service.context import AppContext, get_context
+from service.context import AppContext
 from service.db import make_engine
+from service.deps import Ctx
 from service.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
-Ctx = Annotated[AppContext, Depends(get_context)]
 BROKER_TIMEOUT_S = 5.0
 
 

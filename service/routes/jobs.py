@@ -5,79 +5,119 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from alignahead.spec import JobSpec
+from service import dispatch, limits, views
 from service import repository as repo
-from service import views
-from service.broker import enqueue
-from service.context import AppContext, get_context
+from service.auth import current_tenant, known_query
+from service.context import AppContext
+from service.deps import Ctx, TenantId
+from service.enums import CheckpointKind, JobStatus
 from service.errors import Invalid
-from service.schemas import CheckpointKind, CheckpointList, ErrorOut, JobOut, JobPage, JobStatus, MetricPage
+from service.schemas import CheckpointList, ErrorOut, JobOut, JobPage, MetricPage
 
 log = logging.getLogger("alignahead.service")
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-Ctx = Annotated[AppContext, Depends(get_context)]
-NOT_FOUND = {404: {"model": ErrorOut, "description": "No such job."}}
-CONFLICT = {409: {"model": ErrorOut, "description": "The job's status does not allow it."}}
+MAX_SEQ = 2**63 - 1  # metric seqs are 64-bit
+MAX_STUDENT = 1023  # far above any limit; bounds the integer before it reaches the database
 
 
-def _check_dataset(ctx: AppContext, spec: JobSpec) -> None:
-    """What the spec model cannot know: the service reads no server paths, and uploads must exist."""
-    if spec.dataset.name == "npz":
+def _err(description: str) -> dict:
+    return {"model": ErrorOut, "description": description}
+
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(current_tenant), Depends(known_query)],
+    responses={401: _err("No valid API key."), 422: _err("A parameter or the body is not valid.")},
+)
+NOT_FOUND = {404: _err("No such job for this key's tenant.")}
+CONFLICT = {409: _err("The job's status does not allow it.")}
+JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
+
+
+def _check_spec(ctx: AppContext, tenant_id: str, spec: JobSpec) -> None:
+    """What the spec model cannot know: the service reads no server paths, uploads must be the tenant's,
+    and every size must be within the operator's limits, memory included."""
+    settings = ctx.settings
+    limits.check_model(spec, settings)
+    name = spec.dataset.name
+    if name == "npz":
         raise Invalid(
             ["body", "dataset", "name"],
             "dataset 'npz' reads a file on the server and is not available over the API; upload the file "
             'with POST /v1/datasets and use {"name": "upload", "upload_id": <its id>}',
         )
-    if spec.dataset.name == "upload":
-        with ctx.tx() as s:
-            if not repo.upload_exists(s, spec.dataset.upload_id or ""):
-                raise Invalid(
-                    ["body", "dataset", "upload_id"],
-                    f"no uploaded dataset with id {spec.dataset.upload_id!r}; upload one with POST "
-                    "/v1/datasets (GET /v1/datasets lists them)",
-                )
+    if name == "upload":
+        with ctx.read() as s:
+            summary = repo.upload_summary(s, tenant_id, spec.dataset.upload_id or "")
+        if summary is None:
+            raise Invalid(
+                ["body", "dataset", "upload_id"],
+                f"no uploaded dataset with id {spec.dataset.upload_id!r}; upload one with POST "
+                "/v1/datasets (GET /v1/datasets lists them)",
+            )
+        size = limits.upload_size(summary)
+        limits.check_dataset(size, settings, ["body", "dataset", "upload_id"])
+    elif name == "synthetic":
+        size = limits.synthetic_size(spec)
+        limits.check_dataset(size, settings, ["body", "dataset", "synthetic"])
+        limits.check_synthetic_bytes(spec, settings)
+    else:
+        size = limits.BUILTIN_SIZES[name]
+    limits.check_memory(spec, size, settings)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobOut,
-    responses={200: {"model": JobOut, "description": "Replay of an earlier request with this Idempotency-Key."}},
+    responses={
+        200: {"model": JobOut, "description": "Replay of an earlier request with this Idempotency-Key."},
+        409: _err("The Idempotency-Key was used with a different spec."),
+        413: _err("The JSON body is larger than max_json_bytes."),
+        429: _err("Too many active jobs or submissions for this tenant; see Retry-After."),
+    },
 )
 def submit_job(
     spec: JobSpec,
     ctx: Ctx,
+    tenant: TenantId,
     response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(max_length=200, description="Retrying a POST with the same key returns the first job."),
     ] = None,
 ) -> JobOut:
-    """Validate and store a job, then queue it (queue `gpu` for device 'cuda', else `cpu`)."""
-    _check_dataset(ctx, spec)
+    """Validate and store a job, then queue it (queue `gpu` for device 'cuda', else `cpu`).
+
+    If the broker is down the job is still stored (201, `queued`) and leaves for the broker within
+    seconds of its return."""
+    _check_spec(ctx, tenant, spec)
+    settings = ctx.settings
+    kwargs = {
+        "idempotency_key": idempotency_key,
+        "max_active": settings.max_active_jobs,
+        "per_minute": settings.max_submissions_per_minute,
+        "time_limit_seconds": settings.max_job_seconds,
+    }
     try:
         with ctx.tx() as s:
-            job, created = repo.create_job(s, spec, idempotency_key)
+            job, created = repo.submit(s, tenant, spec, **kwargs)
+            out = views.job_detail(job)
     except IntegrityError:
         if idempotency_key is None:
             raise
         with ctx.tx() as s:  # a concurrent request with the same key stored it first
-            job, created = repo.create_job(s, spec, idempotency_key)
-    if created or job.enqueued_at is None:
-        try:
-            enqueue(ctx.celery, ctx.settings, job.id, job.queue)
-            with ctx.tx() as s:
-                repo.mark_enqueued(s, job.id)
-        except Exception:  # the job is stored; a worker's orphan sweep enqueues it later
-            log.exception("could not enqueue job %s; the orphan sweep will retry", job.id)
-    with ctx.tx() as s:
-        job = repo.get_job(s, job.id)
-        out = views.job_detail(job)
+            job, created = repo.submit(s, tenant, spec, **kwargs)
+            out = views.job_detail(job)
+    if created:
+        dispatch.send(ctx.tx, ctx.celery, settings, job.id, job.queue)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -87,66 +127,70 @@ def submit_job(
 @router.get("", response_model=JobPage)
 def list_jobs(
     ctx: Ctx,
+    tenant: TenantId,
     status_: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page.")] = None,
 ) -> JobPage:
-    """Jobs, newest first, a page at a time."""
-    with ctx.tx() as s:
-        jobs, next_cursor = repo.list_jobs(s, status=status_, limit=limit, cursor=cursor)
+    """This tenant's jobs, newest first, a page at a time."""
+    with ctx.read() as s:
+        jobs, next_cursor = repo.list_jobs(s, tenant, status=status_, limit=limit, cursor=cursor)
         return JobPage(jobs=[views.job_summary(j) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: str, ctx: Ctx) -> JobOut:
-    with ctx.tx() as s:
-        return views.job_detail(repo.get_job(s, job_id))
+def get_job(job_id: JobId, ctx: Ctx, tenant: TenantId) -> Response:
+    with ctx.read() as s:
+        return _json(views.job_detail(repo.get_job(s, tenant, job_id)))
 
 
 @router.post(
     "/{job_id}/cancel",
     response_model=JobOut,
-    responses={**NOT_FOUND, **CONFLICT, 202: {"model": JobOut, "description": "Running: stops at its next step."}},
+    responses={**NOT_FOUND, **CONFLICT, 202: {"model": JobOut, "description": "Running: stops within its epoch."}},
 )
-def cancel_job(job_id: str, ctx: Ctx) -> JSONResponse:
-    """Queued: cancelled at once (200). Running: stops at its next step, keeping what it stored (202)."""
+def cancel_job(job_id: JobId, ctx: Ctx, tenant: TenantId) -> JSONResponse:
+    """Queued: cancelled at once (200). Running: stops within the epoch it is in, keeping what it
+    stored (202)."""
     with ctx.tx() as s:
-        job = repo.request_cancel(s, job_id, ctx.settings.stale_after_seconds)
+        job = repo.request_cancel(s, tenant, job_id)
         out = views.job_detail(job)
-    code = status.HTTP_202_ACCEPTED if out.status == "running" else status.HTTP_200_OK
+    code = status.HTTP_202_ACCEPTED if out.status == JobStatus.RUNNING else status.HTTP_200_OK
     return JSONResponse(out.model_dump(mode="json"), status_code=code)
 
 
 @router.delete(
     "/{job_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response, responses={**NOT_FOUND, **CONFLICT}
 )
-def delete_job(job_id: str, ctx: Ctx) -> Response:
+def delete_job(job_id: JobId, ctx: Ctx, tenant: TenantId) -> Response:
     """Delete a finished job with its metrics and checkpoints."""
     with ctx.tx() as s:
-        repo.delete_job(s, job_id)
+        repo.delete_job(s, tenant, job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricPage, responses=NOT_FOUND)
 def get_metrics(
-    job_id: str,
+    job_id: JobId,
     ctx: Ctx,
-    since: Annotated[int, Query(ge=0, description="Only rows with seq > since.")] = 0,
-    student: Annotated[int | None, Query(ge=0)] = None,
+    tenant: TenantId,
+    since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only rows with seq > since.")] = 0,
+    student: Annotated[int | None, Query(ge=0, le=MAX_STUDENT)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> MetricPage:
-    """Per-epoch metric rows in storage order; poll with since=next_since for the new ones."""
-    with ctx.tx() as s:
-        rows = repo.list_metrics(s, job_id, since=since, student=student, limit=limit)
-        return views.metric_page(job_id, rows, since)
+) -> Response:
+    """Per-epoch metric rows in increasing `seq`; poll with since=next_since for the new ones. Each
+    (student, epoch) appears exactly once, also across worker crashes and resumes."""
+    with ctx.read() as s:
+        rows = repo.list_metrics(s, tenant, job_id, since=since, student=student, limit=limit)
+        return _json(views.metric_page(job_id, rows, since))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses=NOT_FOUND)
-def list_checkpoints(job_id: str, ctx: Ctx) -> CheckpointList:
+def list_checkpoints(job_id: JobId, ctx: Ctx, tenant: TenantId) -> CheckpointList:
     """Each student's `best` and `final` checkpoint so far."""
-    with ctx.tx() as s:
-        job = repo.get_job(s, job_id)
-        return views.checkpoint_list(job, repo.list_checkpoints(s, job_id))
+    with ctx.read() as s:
+        job, rows = repo.list_checkpoints(s, tenant, job_id)
+        return views.checkpoint_list(job, rows)
 
 
 @router.get(
@@ -158,10 +202,17 @@ def list_checkpoints(job_id: str, ctx: Ctx) -> CheckpointList:
         **NOT_FOUND,
     },
 )
-def download_checkpoint(job_id: str, student: int, kind: CheckpointKind, request: Request, ctx: Ctx) -> Response:
+def download_checkpoint(
+    job_id: JobId,
+    student: Annotated[int, Path(ge=0, le=MAX_STUDENT)],
+    kind: CheckpointKind,
+    request: Request,
+    ctx: Ctx,
+    tenant: TenantId,
+) -> Response:
     """The student's weights as safetensors; `alignahead.load_student(bytes)` rebuilds it."""
-    with ctx.tx() as s:
-        meta = repo.get_checkpoint(s, job_id, student, kind)
+    with ctx.read() as s:
+        meta = repo.get_checkpoint(s, tenant, job_id, student, kind)
         # a 'best' checkpoint is replaced while training runs: caches must revalidate
         headers = {"ETag": f'"{meta.sha256}"', "Cache-Control": "no-cache"}
         if _etag_matches(request.headers.get("if-none-match"), meta.sha256):
@@ -170,6 +221,12 @@ def download_checkpoint(job_id: str, student: int, kind: CheckpointKind, request
     headers["ETag"] = f'"{sha256}"'
     headers["Content-Disposition"] = f'attachment; filename="{job_id}-student{student}-{kind}.safetensors"'
     return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+def _json(body: BaseModel) -> Response:
+    """A body built from our own models, serialised once (the hot polling paths skip FastAPI's second
+    validation of what they return; the response_model still documents it)."""
+    return Response(body.__pydantic_serializer__.to_json(body), media_type="application/json")
 
 
 def _etag_matches(header: str | None, sha256: str) -> bool:

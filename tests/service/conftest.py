@@ -17,6 +17,7 @@ from svc_helpers import (
     FAST,
     PG_ADMIN_URL,
     REDIS_URL,
+    TEST_SECRET,
     Service,
     Worker,
     embedded_settings,
@@ -27,6 +28,9 @@ from svc_helpers import (
 from service.app import create_app
 from service.db import make_engine
 from service.settings import Settings
+
+# shared fixtures serve many tests' submissions; quotas are tested on apps of their own
+ROOMY = {"max_active_jobs": 10_000, "max_submissions_per_minute": 10_000}
 
 
 def _postgres_and_redis_or_skip() -> None:
@@ -77,7 +81,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """Migrated database + broker + one worker + an in-process API client, for the whole session."""
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "embedded":
-        settings = embedded_settings(folder)
+        settings = embedded_settings(folder, **ROOMY)
         cleanup = None
     else:
         database_url = request.getfixturevalue("postgres_database")
@@ -87,7 +91,9 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             broker_url=REDIS_URL,
             queue_prefix=prefix,
             data_dir=str(folder / "data"),
+            auth_secret=TEST_SECRET,
             **FAST,
+            **ROOMY,
         )
         cleanup = prefix
     migrate(settings.database_url)
@@ -96,7 +102,9 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     try:
         worker.wait_ready()
         with TestClient(create_app(settings)) as client:
-            yield Service(request.param, settings, client, engine, folder, [worker])
+            svc = Service(request.param, settings, client, engine, folder, [worker])
+            svc.authorize()
+            yield svc
     finally:
         worker.stop()
         engine.dispose()
@@ -108,9 +116,11 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The API over a migrated embedded database with no worker: jobs stay queued."""
     folder = tmp_path_factory.mktemp("api")
-    settings = embedded_settings(folder, max_upload_bytes=50_000)
+    settings = embedded_settings(folder, max_upload_bytes=50_000, **ROOMY)
     migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     with TestClient(create_app(settings)) as client:
-        yield Service("api", settings, client, engine, folder)
+        svc = Service("api", settings, client, engine, folder)
+        svc.authorize()
+        yield svc
     engine.dispose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +24,11 @@ import scipy.sparse as sp
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from service import keys
+from service.db import make_engine, make_sessionmaker, transaction
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +42,8 @@ FAST = {
     "stale_after_seconds": 4.0,
     "sweep_interval_seconds": 1.0,
     "queued_grace_seconds": 60.0,
-    "cancel_poll_seconds": 0.2,
     "state_every_epochs": 1,
+    "state_every_seconds": 0.0,
     # one thread per worker: two cores are shared with the test process (and whatever else runs)
     "torch_threads": 1,
 }
@@ -85,9 +89,16 @@ def npz_bytes(n: int = 60, classes: int = 3, seed: int = 0, **extra: Any) -> byt
     return buf.getvalue()
 
 
+TEST_SECRET = "test-secret-not-for-production"
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(value)
         if value is not None:
             env[f"ALIGNAHEAD_{name.upper()}"] = str(value)
     env["DGLBACKEND"] = "pytorch"
@@ -110,6 +121,20 @@ def temporary_postgres_database(prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_key(settings: Settings, tenant: str) -> str:
+    """A new API key for `tenant` (created if new), straight in the database."""
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as s:
+            return keys.create_key(s, keys.server_secret(settings), tenant)[1]
+    finally:
+        engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def migrate(database_url: str) -> Config:
@@ -180,6 +205,16 @@ class Service:
     workdir: Path
     workers: list[Worker] = field(default_factory=list)
 
+    def authorize(self, tenant: str = "tests") -> str:
+        """Make a key for `tenant` and send it with every request of this client from now on."""
+        key = make_key(self.settings, tenant)
+        self.client.headers.update(bearer(key))
+        return key
+
+    def authorize_other(self, tenant: str) -> str:
+        """A key of another tenant, for requests that pass it explicitly."""
+        return make_key(self.settings, tenant)
+
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         r = self.client.post("/v1/jobs", json=spec)
         assert r.status_code == 201, r.text
@@ -219,7 +254,98 @@ def embedded_settings(folder: Path, **overrides: Any) -> Settings:
         "broker_url": f"sqla+sqlite:///{folder / 'broker.db'}",
         "data_dir": str(folder / "data"),  # empty: built-in datasets cannot be found offline
         "queue_prefix": f"t{uuid.uuid4().hex[:8]}.",
+        "auth_secret": TEST_SECRET,
         **FAST,
         **overrides,
     }
     return Settings(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiServer:
+    """The API as a real uvicorn process on a free port, killable and restartable on the same port."""
+
+    def __init__(self, settings: Settings, log_path: Path, key: str | None = None) -> None:
+        self.settings, self.log_path = settings, log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.headers = bearer(key) if key else {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_from_env", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=settings_env(self.settings), stdout=log,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import httpx
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"API exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"API not up after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+        self.wait_ready()
+
+    def client(self, **kwargs: Any) -> Any:
+        import httpx
+
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, headers=self.headers, **kwargs)
+
+
+def zip_bomb(unpacked: int, member: str = "attr_matrix.npy") -> bytes:
+    """A valid npz whose one member, a float32 .npy of zeros, inflates to about `unpacked` bytes while the
+    file stays ~1/1000 of that: built from one deflated block repeated (full flushes reset the
+    compressor, so the blocks are identical), in about a second for 2 GB."""
+    import struct
+    import zlib
+
+    rows = (unpacked - 128) // 4000
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (rows, 1000)})
+    head = header.getvalue()
+    size = len(head) + rows * 4000
+    chunk = bytes(4000 * 16384)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [comp.compress(head), comp.flush(zlib.Z_FULL_FLUSH)]
+    block = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(head)
+    full, rest = divmod(rows * 4000, len(chunk))
+    for _ in range(full):
+        parts.append(block)
+        crc = zlib.crc32(chunk, crc)
+    if rest:
+        parts.append(comp.compress(chunk[:rest]))
+        crc = zlib.crc32(chunk[:rest], crc)
+    parts.append(comp.flush())
+    data, name = b"".join(parts), member.encode()
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), size, len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), size, len(name),
+                          0, 0, 0, 0, 0, 0) + name  # fmt: skip
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    return local + data + central + end

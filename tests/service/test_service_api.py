@@ -15,7 +15,8 @@ from service.settings import Settings
 
 def detail_text(r) -> str:
     body = r.json()
-    return body.get("message") or str(body["detail"])
+    assert set(body) == {"detail", "errors"} and isinstance(body["detail"], str), body  # the one error shape
+    return body["detail"]
 
 
 # --- 404 everywhere ---------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def test_bad_specs_are_422_naming_the_field(api: Service, spec: dict, loc: list,
     before = len(api.client.get("/v1/jobs", params={"limit": 1000}).json()["jobs"])
     r = api.client.post("/v1/jobs", json=spec)
     assert r.status_code == 422, r.text
-    errors = r.json()["detail"]
+    errors = r.json()["errors"]
     assert any(e["loc"][: len(loc)] == loc for e in errors), errors
     assert words in detail_text(r)
     assert len(api.client.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]) == before  # nothing stored
@@ -196,7 +197,7 @@ def test_pickled_npz_is_refused_unopened(api: Service) -> None:
     np.savez(buf, adj_data=np.array([{"x": 1}], dtype=object))
     r = api.upload(buf.getvalue())
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "file"]
+    assert r.json()["errors"][0]["loc"] == ["body", "file"]
     assert "object" in detail_text(r).lower()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import datetime
 
 import pytest
 import torch
@@ -93,18 +92,15 @@ def test_cancel_running_job(service: Service) -> None:
     r = c.post(f"/v1/jobs/{waiting['id']}/cancel")  # a queued job never starts
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
 
-    t0 = time.monotonic()
     r = c.post(f"/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 202 and r.json()["cancel_requested"] is True
-    at_cancel = r.json()["progress"]["epoch"]
+    at_cancel = r.json()["progress"]["epoch"]  # read in the transaction that stored the request
     done = service.wait(job["id"], timeout=60)
-    elapsed = time.monotonic() - t0
     assert done["status"] == "cancelled", done
     rows = service.metrics(job["id"])["rows"]
-    stamps = sorted({datetime.fromisoformat(r["created_at"]) for r in rows})
-    epoch_time = (stamps[-1] - stamps[0]).total_seconds() / max(len(stamps) - 1, 1)
-    assert done["progress"]["epoch"] - at_cancel <= 1  # stopped within the epoch it was in
-    assert elapsed < epoch_time + 5.0, (elapsed, epoch_time)
+    # by design, not timing: the end of the epoch that was running reads the request, and the next
+    # step stops (a heartbeat may stop it sooner, inside the epoch)
+    assert done["progress"]["epoch"] <= at_cancel + 1, (done["progress"], at_cancel)
 
     # what it stored stays readable
     assert len(rows) == 2 * done["progress"]["epoch"]

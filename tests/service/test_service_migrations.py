@@ -44,3 +44,40 @@ def test_upgrade_head_builds_the_models_schema(empty_database: str) -> None:
         engine.dispose()
     command.downgrade(cfg, "base")
     command.upgrade(cfg, "head")  # and back: the downgrade is real
+
+
+def test_existing_rows_go_to_a_default_tenant(empty_database: str) -> None:
+    """Jobs and uploads stored before tenants existed belong to tenant 'default' after the upgrade."""
+    from sqlalchemy import text
+
+    cfg = migrate(empty_database)
+    command.downgrade(cfg, "0001")
+    engine = make_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO jobs (id, status, queue, spec, created_at, attempts, epochs_done, epochs_total)"
+                " VALUES ('old', 'succeeded', 'cpu', '{}', '2026-01-01 00:00:00', 1, 3, 3)"
+            ))  # fmt: skip
+        command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            row = conn.execute(text(
+                "SELECT t.name, j.worker_losses FROM jobs j JOIN tenants t ON t.id = j.tenant_id WHERE j.id = 'old'"
+            )).one()  # fmt: skip
+        assert tuple(row) == ("default", 0)
+    finally:
+        engine.dispose()
+
+
+def test_the_worker_imports_no_api_internals() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, worker.tasks, worker.sweep\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette') or m in "
+        "('service.app', 'service.repository', 'service.schemas', 'service.views', 'service.auth', 'service.guards'))\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]

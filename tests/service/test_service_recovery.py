@@ -27,6 +27,7 @@ def fresh(tmp_path) -> Iterator[Service]:
     try:
         with TestClient(create_app(settings)) as client:
             svc = Service("recovery", settings, client, engine, tmp_path)
+            svc.authorize()
             yield svc
     finally:
         for w in svc.workers if svc else []:
