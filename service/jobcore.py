@@ -382,11 +382,13 @@ def finish(
     status: JobStatus,
     *,
     error: str | None = None,
+    stop_reason: str | None = None,
     summaries: list[dict[str, Any]] | None = None,
     epochs_done: int | None = None,
 ) -> bool:
-    """End the job as its owner. Summaries and progress are kept if the stored ones reach further (a
-    job cancelled while redoing epochs after a resume)."""
+    """End the job as its owner (`stop_reason`: why a succeeded job stopped early). Summaries and
+    progress are kept if the stored ones reach further (a job cancelled while redoing epochs after a
+    resume)."""
     stored = session.scalar(select(Job.epochs_done).where(_fence(claim)))
     if stored is None:
         return False
@@ -394,6 +396,7 @@ def finish(
         "status": status,
         "finished_at": db_now(),
         "error": error,
+        "stop_reason": stop_reason,
         "claim_token": None,
         "lease_until": None,
         "progress_until": None,

@@ -107,6 +107,7 @@ class Job(Base):
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
     epochs_total: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    stop_reason: Mapped[str | None] = mapped_column(Text)  # why a succeeded job ended early
     result: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # per-student summaries at the end
 
 

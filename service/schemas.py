@@ -60,6 +60,11 @@ class JobSummaryOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     error: str | None = Field(description="Why a failed job failed.")
+    stop_reason: str | None = Field(
+        None,
+        description="Why a succeeded job ended before its last epoch (early stopping, `training.patience`), saying "
+        "at which epoch; null when it ran every epoch.",
+    )
 
 
 class JobOut(JobSummaryOut):

@@ -36,6 +36,7 @@ def job_summary(job: Job) -> JobSummaryOut:
         finished_at=job.finished_at,
         heartbeat_at=job.heartbeat_at,
         error=job.error,
+        stop_reason=job.stop_reason,
     )
 
 

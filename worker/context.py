@@ -50,10 +50,9 @@ def get_worker_context(celery: Celery | None = None) -> WorkerContext:
     ctx = _contexts.get(pid)
     if ctx is None:
         settings = Settings()
-        if settings.torch_threads is not None:
-            import torch
+        from alignahead.runtime import set_torch_threads  # the library's one place for it, as in the CLI
 
-            torch.set_num_threads(settings.torch_threads)
+        set_torch_threads(settings.torch_threads)
         engine = make_engine(settings.database_url, idle_transaction_seconds=settings.stale_after_seconds)
         ctx = WorkerContext(
             settings=settings,

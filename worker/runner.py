@@ -127,7 +127,9 @@ class JobRunner:
         summaries = [asdict(s) for s in result.students]
         done = {"summaries": summaries, "epochs_done": result.epochs_done}
         if not result.cancelled:
-            return self._finish(JobStatus.SUCCEEDED, **done)
+            if result.stop_reason:
+                log.info("job %s: %s", job_id, result.stop_reason)
+            return self._finish(JobStatus.SUCCEEDED, stop_reason=result.stop_reason, **done)
         if self.flags.lost.is_set():
             log.warning("job %s was taken over by another worker; this delivery stops", job_id)
             return "lost"

@@ -160,3 +160,14 @@ def test_redelivered_message_of_a_finished_job_is_dropped(service: Service) -> N
     after = service.job(job["id"])
     assert after["status"] == "succeeded" and after["attempts"] == 1
     assert len(service.metrics(job["id"])["rows"]) == 2
+
+
+def test_early_stopped_job_succeeds_and_says_why(service: Service) -> None:
+    done = service.wait(service.submit(small_spec(epochs=400, patience=3))["id"])
+    assert done["status"] == "succeeded", done
+    stopped = done["progress"]["epoch"]
+    assert stopped < 400 and done["progress"]["total"] == 400
+    assert f"after epoch {stopped} of 400" in done["stop_reason"] and "training.patience" in done["stop_reason"]
+    listing = service.client.get(f"/v1/jobs/{done['id']}/checkpoints").json()
+    assert [entry["final"]["epoch"] for entry in listing["students"]] == [stopped, stopped]
+    assert service.job(service.submit(small_spec(epochs=2))["id"])["stop_reason"] is None
