@@ -9,10 +9,10 @@ Two schedules:
   students and batches. A batch is a disjoint union of graphs, so its targets are the cached
   per-graph ones concatenated in batch order (tested against the uncached loop: equal, to the last bit
   where no float kernel rounds by position; see tests/test_trainer_cache.py). On a one-graph dataset,
-  in an epoch that is evaluated, that forward also gives the student's evaluation logits; and, with
-  `reuse_forward` (alignahead.runtime), where the student has no dropout, train and eval mode compute
-  the same thing, so that forward is run with gradient and kept as the student's next training forward:
-  one forward per student per epoch, for k - 1 students' activations held at once.
+  in an epoch that is evaluated, that forward also gives the student's evaluation logits; and where
+  the student has no dropout, train and eval mode compute the same thing, so that forward is run with
+  gradient and kept as the student's next training forward: one forward per student per epoch, for
+  k - 1 students' activations held at once, where they fit `reuse_forward_mb` (alignahead.runtime).
 - simultaneous: on each batch every student steps once, each against its peers' detached
   distributions from the same forward pass. Each (student, layer) distribution is computed once per
   step, with gradient for the student's own loss and, detached, as its peers' target.
@@ -118,6 +118,31 @@ class _Cancelled(Exception):
     pass
 
 
+class saved_bytes:  # noqa: N801 - used as a context manager, like torch's own
+    """Counts the bytes of the tensors autograd saves for the backward inside the block (each storage
+    once): what keeping that forward's graph costs."""
+
+    def __init__(self) -> None:
+        self._storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        self._storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(self._storages.values())
+
+    def __enter__(self) -> saved_bytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,16 +179,16 @@ class Trainer:
         callbacks: Callbacks | None = None,
         *,
         fused: bool | None = None,
-        reuse_forward: bool | None = None,
+        reuse_forward_mb: float | None = None,
     ) -> None:
-        """`fused`, `reuse_forward`: None reads them from the environment (alignahead.runtime)."""
+        """`fused`, `reuse_forward_mb`: None reads them from the environment (alignahead.runtime)."""
         self.spec = spec
         self.dataset = dataset
         self.callbacks = callbacks or Callbacks()
         self.device = resolve_device(spec.training.device)
         runtime = RuntimeSettings()
         self.fused = runtime.fused_distance if fused is None else fused
-        self.reuse_forward = runtime.reuse_forward if reuse_forward is None else reuse_forward
+        self.reuse_forward_mb = runtime.reuse_forward_mb if reuse_forward_mb is None else reuse_forward_mb
         t = spec.training
         torch.manual_seed(t.seed)  # model initialisation depends on the seed alone
         self.students: list[Student] = [
@@ -183,8 +208,10 @@ class Trainer:
         # one-graph data: the evaluation logits that a refresh computed with the student's current weights
         self._one_graph = len(self.eval_sets) == 1 and self.eval_sets[0][0] is self.train_graphs[0]
         self._eval_logits: dict[int, torch.Tensor] = {}
-        # one-graph data, no dropout: a refresh forward kept, with its graph, as the student's next step's
+        # one-graph data, no dropout: a refresh forward kept, with its graph, as the student's next step's;
+        # per student, whether its kept forward fits the budget (None: not measured yet)
         self._kept: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._keeps: dict[int, bool] = {}
         self._flat = 0.0  # the largest distillation loss of the first epochs
 
     def _optimizer(self, model: Student) -> torch.optim.Optimizer:
@@ -241,10 +268,15 @@ class Trainer:
         On one-graph data, in an epoch that is evaluated, keep the logits for `evaluate` too."""
         model = self.students[index]
         tau = self.spec.distillation.tau
-        if self.reuse_forward and self._one_graph and not model.stochastic:  # train == eval mode: keep it
-            g = self.train_graphs[0]
-            logits, hidden = model.train()(g, g.ndata["feat"])
-            self._kept[index] = (logits, hidden)
+        if self._one_graph and not model.stochastic and self._keeps.get(index, self.reuse_forward_mb > 0):
+            g = self.train_graphs[0]  # train mode == eval mode here: the refresh is the next training forward
+            with saved_bytes() as saved:
+                logits, hidden = model.train()(g, g.ndata["feat"])
+            if index not in self._keeps:  # the first refresh decides, for the rest of the run
+                held = saved.total * (len(self.students) - 1)
+                self._keeps[index] = held <= self.reuse_forward_mb * 2**20
+            if self._keeps[index]:
+                self._kept[index] = (logits, hidden)
             self._targets[index] = [peer_targets(g, hidden, self.pairs, tau, self.fused)]
             if self._evaluates(self.epoch + 1):
                 self._eval_logits[index] = logits.detach()

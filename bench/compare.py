@@ -9,8 +9,10 @@
 Variants, each run in its own fresh 'spawn' subprocess, their order alternating across repeats:
 - `none`: the same students trained alone (strategy none): the floor every ratio is taken against;
 - `alternating`, `simultaneous`: our Trainer with strategy alignahead in that schedule;
-- `alternating+reuse`: alternating with ALIGNAHEAD_REUSE_FORWARD on (one forward less per student per
-  epoch on one-graph data without dropout, k - 1 students' activations held): not in the default list;
+- `alternating-reuse`, `alternating+reuse`: alternating with ALIGNAHEAD_REUSE_FORWARD_MB at 0 (each
+  refresh a no-grad forward of its own) and unbounded (every refresh forward kept as the student's next
+  training forward, whatever the memory); `alternating` has the default (kept where k - 1 students'
+  activations take at most 256 MiB). Not in the default list;
 - `reference`: bench/reference.py, a plain re-implementation of the published loop (alternating).
 All start from identical weights on identical data (checked). Epoch time is the median of the timed
 epochs (the first is a warm-up and includes the one-off compilation of the fused kernel), evaluation
@@ -45,7 +47,8 @@ import yaml  # noqa: E402
 from alignahead.spec import JobSpec  # noqa: E402
 
 CORA = ROOT.parent / "shared" / "datasets" / "cora.npz"  # the read-only folder beside the checkout
-VARIANTS = ("none", "alternating", "simultaneous", "reference", "alternating+reuse")
+VARIANTS = ("none", "alternating", "simultaneous", "reference", "alternating-reuse", "alternating+reuse")
+REUSE_MB = {"alternating-reuse": 0.0, "alternating+reuse": float(2**40)}  # else the default
 # Losses agree when |a - b| <= RTOL * |a| + ATOL. The absolute part is for the distillation term: a KL
 # between near-equal distributions is a small difference of logs (~1e-4 for GCN students on Cora), so in
 # float32 it carries an absolute rounding error of ~1e-9 whatever its size.
@@ -134,7 +137,7 @@ def variant_spec(spec: JobSpec, variant: str) -> JobSpec:
     d = spec.distillation
     if variant == "none":
         d = d.model_copy(update={"strategy": "none"})
-    elif variant in ("alternating", "simultaneous", "reference", "alternating+reuse"):
+    elif variant in VARIANTS:
         d = d.model_copy(update={"schedule": "simultaneous" if variant == "simultaneous" else "alternating"})
     else:
         raise ValueError(f"unknown variant {variant!r}")
@@ -171,7 +174,7 @@ def _fingerprint(dataset: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _run_ours(spec: JobSpec, dataset: Any, reuse_forward: bool = False) -> dict[str, Any]:
+def _run_ours(spec: JobSpec, dataset: Any, reuse_forward_mb: float | None = None) -> dict[str, Any]:
     """Drive the Trainer one epoch at a time so that epochs are timed exactly as in the reference."""
     import torch
 
@@ -180,7 +183,7 @@ def _run_ours(spec: JobSpec, dataset: Any, reuse_forward: bool = False) -> dict[
     from bench.reference import init_checksum
 
     history = History()
-    trainer = Trainer(spec, dataset, Callbacks(on_epoch=history), reuse_forward=reuse_forward)
+    trainer = Trainer(spec, dataset, Callbacks(on_epoch=history), reuse_forward_mb=reuse_forward_mb)
     checksum = init_checksum(trainer.students)
     evaluate, spent = trainer.evaluate, [0.0, 0.0]
 
@@ -239,7 +242,7 @@ def _run_ours(spec: JobSpec, dataset: Any, reuse_forward: bool = False) -> dict[
     }
 
 
-def run_one(impl: str, spec_json: str, float64: bool = False, threads: int = 1) -> dict[str, Any]:
+def run_one(impl: str, spec_json: str, float64: bool = False, threads: int = 1, variant: str = "") -> dict[str, Any]:
     """Load the data, then train with one variant; memory is measured from after the loading.
 
     `float64` trains both in double precision: float32 rounding then no longer hides a real difference
@@ -271,7 +274,7 @@ def run_one(impl: str, spec_json: str, float64: bool = False, threads: int = 1) 
     if impl == "reference":
         result = run_reference(spec, dataset)
     else:
-        result = _run_ours(spec, dataset, reuse_forward=impl == "ours+reuse")
+        result = _run_ours(spec, dataset, reuse_forward_mb=REUSE_MB.get(variant))
     result["total_seconds"] = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF)
     peak = _status_kib("VmHWM")  # since the reset: training alone
@@ -291,9 +294,10 @@ def run_one(impl: str, spec_json: str, float64: bool = False, threads: int = 1) 
 
 def run_isolated(variant: str, spec: JobSpec, float64: bool = False, threads: int = 1) -> dict[str, Any]:
     """`run_one` in a fresh spawned interpreter: nothing allocated by an earlier run inflates its peak."""
-    impl = {"reference": "reference", "alternating+reuse": "ours+reuse"}.get(variant, "ours")
+    impl = "reference" if variant == "reference" else "ours"
+    spec_json = variant_spec(spec, variant).model_dump_json()
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        result = pool.submit(run_one, impl, variant_spec(spec, variant).model_dump_json(), float64, threads).result()
+        result = pool.submit(run_one, impl, spec_json, float64, threads, variant).result()
     result["variant"] = variant
     return result
 

@@ -116,11 +116,11 @@ def aligned_graphs(count: int = 7, n: int = 64, features: int = 12, classes: int
 
 
 def train(
-    cls: type[Trainer], spec: JobSpec, fused: bool, dataset: GraphDataset | None = None, reuse: bool = False
+    cls: type[Trainer], spec: JobSpec, fused: bool, dataset: GraphDataset | None = None, reuse_mb: float = 0.0
 ) -> tuple[list, list]:
     history = History()
     dataset = dataset or load_dataset(spec.dataset, seed=spec.training.seed)
-    result = cls(spec, dataset, Callbacks(history), fused=fused, reuse_forward=reuse).run()
+    result = cls(spec, dataset, Callbacks(history), fused=fused, reuse_forward_mb=reuse_mb).run()
     rows = [(r.epoch, r.student, r.loss, r.task_loss, r.distill_loss, r.val_score, r.test_score) for r in history.rows]
     return rows, [s.__dict__ for s in result.students]
 
@@ -152,17 +152,21 @@ def test_on_graphs_of_any_size_the_cache_agrees_to_rounding(schedule: str) -> No
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_one_graph_alternating_equals_the_recomputing_loop(dropout: float) -> None:
-    """One graph: with dropout each refresh is its own eval-mode forward; without, and with reuse_forward,
-    the refresh forward is also the student's next training forward: the numbers must not change."""
+    """One graph: with dropout each refresh is its own eval-mode forward; without, and where it fits
+    reuse_forward_mb, the refresh forward is also the student's next training forward: the numbers must
+    not change."""
     spec = multigraph_spec("alternating", dataset={"name": "synthetic", "synthetic": {"num_nodes": 150}})
     students = [{**s.model_dump(), "dropout": dropout} for s in spec.students]
     spec = spec.model_copy(update={"students": [type(spec.students[0])(**s) for s in students]})
-    trainer = Trainer(spec, load_dataset(spec.dataset, seed=spec.training.seed), fused=True, reuse_forward=True)
-    trainer.run(stop_after=1)
-    assert bool(trainer._kept) == (dropout == 0)  # the path under test is really taken
+    dataset = load_dataset(spec.dataset, seed=spec.training.seed)
+    for budget_mb, kept in ((1000.0, dropout == 0), (0.001, False), (0.0, False)):  # fits; too small; off
+        trainer = Trainer(spec, dataset, fused=True, reuse_forward_mb=budget_mb)
+        trainer.run(stop_after=1)
+        assert bool(trainer._kept) == kept  # the path under test is really taken
     expected = train(Recomputing, spec, True)
-    assert train(Trainer, spec, True, reuse=True) == expected
-    assert train(Trainer, spec, True, reuse=False) == expected
+    assert train(Trainer, spec, True, reuse_mb=1000.0) == expected
+    assert train(Trainer, spec, True, reuse_mb=0.001) == expected
+    assert train(Trainer, spec, True, reuse_mb=0.0) == expected
 
 
 @pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
