@@ -16,6 +16,7 @@ from service.context import AppContext
 from service.dispatch import Dispatcher
 from service.errors import ServiceError
 from service.guards import Guards
+from service.polling import PollingFastPath
 from service.routes import datasets, health, jobs
 from service.settings import Settings
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, handlers.validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, handlers.http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, handlers.unexpected_error)
+    app.add_middleware(PollingFastPath, context=context)  # innermost: after the guards and CORS
     app.add_middleware(Guards, settings=settings)
     if settings.cors_origins:  # outermost: answers preflights before the guards look
         app.add_middleware(

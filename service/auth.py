@@ -40,12 +40,22 @@ class KeyCache:
             return None
         return hit[0]
 
+    def get_key(self, secret: bytes, key: str) -> str | None:
+        """The tenant of `key` if it was verified within the last `ttl` seconds."""
+        return self.get(keys.digest(secret, key))
+
     def put(self, key_digest: str, tenant_id: str) -> None:
         if self.ttl <= 0:
             return
         if len(self._entries) >= MAX_CACHED:
             self._entries.clear()
         self._entries[key_digest] = (tenant_id, time.monotonic() + self.ttl)
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an `Authorization: Bearer KEY` header value, as HTTPBearer reads it; None otherwise."""
+    scheme, _, key = authorization.partition(" ")
+    return key if scheme.lower() == "bearer" and key else None
 
 
 async def current_tenant(

@@ -15,6 +15,7 @@ from service import keys
 from service.auth import KeyCache
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker, transaction
+from service.polling import PollCache
 from service.settings import Settings
 
 
@@ -27,6 +28,7 @@ class AppContext:
     celery: Celery
     secret: bytes  # the server secret API keys are hashed under (empty when auth is disabled)
     key_cache: KeyCache
+    poll_cache: PollCache
     local_tenant_id: str = field(default="")  # every request's tenant when auth is disabled
 
     @classmethod
@@ -42,6 +44,7 @@ class AppContext:
             make_celery(settings),
             secret,
             KeyCache(settings.auth_cache_seconds),
+            PollCache(settings.poll_cache_seconds),
         )
 
     @contextmanager

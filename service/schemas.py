@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from alignahead.spec import JobSpec
 from service.enums import CheckpointKind, JobStatus, Queue
 
+# bounds of request parameters, checked before they reach the database (out-of-range integers are 422s)
+MAX_SEQ = 2**63 - 1  # metric seqs are 64-bit
+MAX_STUDENT = 1023  # far above any limit
+MAX_METRIC_ROWS = 10_000  # per metrics page
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)

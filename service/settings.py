@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         Path("./var/local-api-key"),
         description="`make run` (service.run_local) creates a key for tenant 'local' on first start and keeps it here.",
     )
+    poll_cache_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="How long an API process answers a poll (GET /v1/jobs/{id}, its metrics) from memory; what "
+        "workers write shows within this long, the process's own cancels and deletes at once. 0: always read.",
+    )
     auth_cache_seconds: float = Field(
         10.0,
         ge=0,

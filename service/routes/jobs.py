@@ -18,12 +18,18 @@ from service.context import AppContext
 from service.deps import Ctx, TenantId
 from service.enums import CheckpointKind, JobStatus
 from service.errors import Invalid
-from service.schemas import CheckpointList, ErrorOut, JobOut, JobPage, MetricPage
+from service.schemas import (
+    MAX_METRIC_ROWS,
+    MAX_SEQ,
+    MAX_STUDENT,
+    CheckpointList,
+    ErrorOut,
+    JobOut,
+    JobPage,
+    MetricPage,
+)
 
 log = logging.getLogger("alignahead.service")
-
-MAX_SEQ = 2**63 - 1  # metric seqs are 64-bit
-MAX_STUDENT = 1023  # far above any limit; bounds the integer before it reaches the database
 
 
 def _err(description: str) -> dict:
@@ -155,6 +161,7 @@ def cancel_job(job_id: JobId, ctx: Ctx, tenant: TenantId) -> JSONResponse:
     with ctx.tx() as s:
         job = repo.request_cancel(s, tenant, job_id)
         out = views.job_detail(job)
+    ctx.poll_cache.forget(job_id)  # a client reads its own write
     code = status.HTTP_202_ACCEPTED if out.status == JobStatus.RUNNING else status.HTTP_200_OK
     return JSONResponse(out.model_dump(mode="json"), status_code=code)
 
@@ -166,6 +173,7 @@ def delete_job(job_id: JobId, ctx: Ctx, tenant: TenantId) -> Response:
     """Delete a finished job with its metrics and checkpoints."""
     with ctx.tx() as s:
         repo.delete_job(s, tenant, job_id)
+    ctx.poll_cache.forget(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -176,7 +184,7 @@ def get_metrics(
     tenant: TenantId,
     since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only rows with seq > since.")] = 0,
     student: Annotated[int | None, Query(ge=0, le=MAX_STUDENT)] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=MAX_METRIC_ROWS)] = 1000,
 ) -> Response:
     """Per-epoch metric rows in increasing `seq`; poll with since=next_since for the new ones. Each
     (student, epoch) appears exactly once, also across worker crashes and resumes."""

@@ -44,6 +44,8 @@ FAST = {
     "queued_grace_seconds": 60.0,
     "state_every_epochs": 1,
     "state_every_seconds": 0.0,
+    # tests read what a worker or the test itself just wrote; the poll cache has tests of its own
+    "poll_cache_seconds": 0.0,
     # one thread per worker: two cores are shared with the test process (and whatever else runs)
     "torch_threads": 1,
 }
