@@ -17,7 +17,7 @@ from service.dispatch import Dispatcher
 from service.errors import ServiceError
 from service.guards import Guards
 from service.polling import PollingFastPath
-from service.routes import datasets, health, jobs
+from service.routes import datasets, health, jobs, studies
 from service.settings import Settings
 
 log = logging.getLogger("alignahead.service")
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="alignahead", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = context
     app.include_router(jobs.router)
+    app.include_router(studies.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
     app.add_exception_handler(ServiceError, handlers.service_error)  # type: ignore[arg-type]

@@ -146,6 +146,7 @@ def create(
     spec: JobSpec,
     time_limit_seconds: float,
     idempotency_key: str | None = None,
+    study_id: str | None = None,
 ) -> Job:
     """A new queued job, not yet sent to the broker (`enqueued_at` stays NULL until it is)."""
     spec_json = spec.model_dump(mode="json")
@@ -164,6 +165,7 @@ def create(
         epochs_done=0,
         epochs_total=spec.training.epochs,
         time_limit_seconds=time_limit_seconds,
+        study_id=study_id,
     )
     session.add(job)
     session.flush()

@@ -8,11 +8,14 @@ ceiling of the format; these are the operator's, tuned to the machines the worke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignahead.spec import JobSpec
 from service.errors import Invalid, TooLarge
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.context import AppContext
 
 
 @dataclass(frozen=True)
@@ -187,3 +190,37 @@ def check_memory(spec: JobSpec, size: GraphSize, settings: Settings) -> None:
             "a worker has (ALIGNAHEAD_WORKER_MEMORY_BYTES); use fewer or narrower students, fewer layers or a "
             "smaller graph",
         )
+
+
+def check_spec(ctx: AppContext, tenant_id: str, spec: JobSpec) -> None:
+    """What the spec model cannot know: the service reads no server paths, uploads must be the tenant's,
+    and every size must be within the operator's limits, memory included."""
+    from service import repository as repo
+
+    settings = ctx.settings
+    check_model(spec, settings)
+    name = spec.dataset.name
+    if name == "npz":
+        raise Invalid(
+            ["body", "dataset", "name"],
+            "dataset 'npz' reads a file on the server and is not available over the API; upload the file "
+            'with POST /v1/datasets and use {"name": "upload", "upload_id": <its id>}',
+        )
+    if name == "upload":
+        with ctx.read() as s:
+            summary = repo.upload_summary(s, tenant_id, spec.dataset.upload_id or "")
+        if summary is None:
+            raise Invalid(
+                ["body", "dataset", "upload_id"],
+                f"no uploaded dataset with id {spec.dataset.upload_id!r}; upload one with POST "
+                "/v1/datasets (GET /v1/datasets lists them)",
+            )
+        size = upload_size(summary)
+        check_dataset(size, settings, ["body", "dataset", "upload_id"])
+    elif name == "synthetic":
+        size = synthetic_size(spec)
+        check_dataset(size, settings, ["body", "dataset", "synthetic"])
+        check_synthetic_bytes(spec, settings)
+    else:
+        size = BUILTIN_SIZES[name]
+    check_memory(spec, size, settings)

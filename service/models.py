@@ -109,6 +109,25 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     stop_reason: Mapped[str | None] = mapped_column(Text)  # why a succeeded job ended early
     result: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # per-student summaries at the end
+    study_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("studies.id", name="fk_jobs_study_id_studies"), index=True
+    )
+
+
+class Study(Base):
+    """A base spec run over seeds and a grid of spec values: one ordinary job per combination and seed
+    (jobs.study_id). The axes keep the values as the validated specs hold them, in the order given."""
+
+    __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32), ForeignKey("tenants.id"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the base spec, as submitted
+    seeds: Mapped[list[int]] = mapped_column(JSON)
+    axes: Mapped[dict[str, list[Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class MetricRow(Base):

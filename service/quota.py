@@ -29,13 +29,14 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
     )
 
 
-def admit(session: Session, tenant_id: str, *, max_active: int, per_minute: float) -> None:
-    """Spend one submission of the tenant's allowance, or raise TooMany (429) naming the limit.
-    Call after lock_tenant, in the transaction that stores the job."""
+def admit(session: Session, tenant_id: str, *, max_active: int, per_minute: float, count: int = 1) -> None:
+    """Spend `count` submissions of the tenant's allowance (a study's jobs, all or none), or raise TooMany
+    (429) naming the limit. Call after lock_tenant, in the transaction that stores the jobs."""
     active = session.scalar(select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))) or 0
-    if active >= max_active:
+    if active + count > max_active:
+        adds = "" if count == 1 else f" and the study adds {count}"
         raise TooMany(
-            f"this tenant already has {active} queued or running jobs, the limit (ALIGNAHEAD_MAX_ACTIVE_JOBS) "
+            f"this tenant already has {active} queued or running jobs{adds}, the limit (ALIGNAHEAD_MAX_ACTIVE_JOBS) "
             f"is {max_active}; wait for some to finish or cancel them",
             retry_after=ACTIVE_RETRY_AFTER_S,
         )
@@ -46,15 +47,16 @@ def admit(session: Session, tenant_id: str, *, max_active: int, per_minute: floa
         tokens = per_minute
     else:
         tokens = min(per_minute, tokens + max(0.0, (now - at).total_seconds()) * rate)
-    if tokens < 1.0:
+    if tokens < count:
+        what = "submissions" if count == 1 else f"submissions (a study of {count} jobs spends {count})"
         raise TooMany(
-            f"too many submissions: the limit (ALIGNAHEAD_MAX_SUBMISSIONS_PER_MINUTE) is {per_minute:g} per minute "
+            f"too many {what}: the limit (ALIGNAHEAD_MAX_SUBMISSIONS_PER_MINUTE) is {per_minute:g} per minute "
             "for each tenant; retry after the time in the Retry-After header",
-            retry_after=math.ceil((1.0 - tokens) / rate),
+            retry_after=math.ceil((count - tokens) / rate),
         )
     session.execute(
         update(Tenant)
         .where(Tenant.id == tenant_id)
-        .values(bucket_tokens=tokens - 1.0, bucket_at=now)
+        .values(bucket_tokens=tokens - count, bucket_at=now)
         .execution_options(synchronize_session=False)
     )

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from alignahead.spec import JobSpec
@@ -18,7 +18,7 @@ from service import jobcore, quota
 from service.db import db_time
 from service.enums import ACTIVE, JobStatus
 from service.errors import Conflict, NotFound
-from service.models import CheckpointRow, Job, MetricRow, Upload
+from service.models import CheckpointRow, Job, MetricRow, Study, Upload
 from service.pagination import decode_cursor, encode_cursor
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -70,7 +70,13 @@ def submit(
 
 
 def list_jobs(
-    session: Session, tenant_id: str, *, status: JobStatus | None, limit: int, cursor: str | None
+    session: Session,
+    tenant_id: str,
+    *,
+    status: JobStatus | None,
+    limit: int,
+    cursor: str | None,
+    study_id: str | None = None,
 ) -> tuple[Sequence[Job], str | None]:
     """Newest first; the cursor is the last row of the previous page."""
     query = (
@@ -78,6 +84,8 @@ def list_jobs(
     )
     if status is not None:
         query = query.where(Job.status == status)
+    if study_id is not None:
+        query = query.where(Job.study_id == study_id)
     if cursor is not None:
         created_at, job_id = decode_cursor(cursor)
         query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)))
@@ -93,6 +101,107 @@ def request_cancel(session: Session, tenant_id: str, job_id: str) -> Job:
 
 def delete_job(session: Session, tenant_id: str, job_id: str) -> None:
     jobcore.delete_finished(session, get_job(session, tenant_id, job_id))
+
+
+# --- studies ----------------------------------------------------------------------------------------
+
+
+def create_study(
+    session: Session,
+    tenant_id: str,
+    *,
+    name: str | None,
+    spec: dict[str, Any],
+    seeds: list[int],
+    axes: dict[str, list[Any]],
+    jobs: Sequence[JobSpec],
+    max_active: int,
+    per_minute: float,
+    time_limit_seconds: float,
+) -> tuple[Study, list[Job]]:
+    """Store a study and its queued jobs, all within the tenant's limits or none at all."""
+    quota.lock_tenant(session, tenant_id)
+    quota.admit(session, tenant_id, max_active=max_active, per_minute=per_minute, count=len(jobs))
+    study = Study(id=jobcore.new_id(), tenant_id=tenant_id, name=name, spec=spec, seeds=seeds, axes=axes,
+                  created_at=db_time(session))  # fmt: skip
+    session.add(study)
+    session.flush()
+    created = [
+        jobcore.create(session, tenant_id=tenant_id, spec=job, time_limit_seconds=time_limit_seconds, study_id=study.id)
+        for job in jobs
+    ]
+    return study, created
+
+
+def get_study(session: Session, tenant_id: str, study_id: str) -> Study:
+    study = session.get(Study, study_id)
+    if study is None or study.tenant_id != tenant_id:
+        raise NotFound(f"no study with id {study_id!r}; list studies with GET /v1/studies")
+    return study
+
+
+def study_jobs(session: Session, study_id: str) -> Sequence[Job]:
+    """The study's jobs in the order they were created (the expansion order)."""
+    return session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.created_at, Job.id)).all()
+
+
+def list_studies(
+    session: Session, tenant_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[tuple[Study, dict[str, int]]], str | None]:
+    """Newest first, each with its jobs counted per status."""
+    query = (
+        select(Study)
+        .where(Study.tenant_id == tenant_id)
+        .order_by(Study.created_at.desc(), Study.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        created_at, study_id = decode_cursor(cursor)
+        query = query.where(
+            or_(Study.created_at < created_at, and_(Study.created_at == created_at, Study.id < study_id))
+        )
+    rows = session.scalars(query).all()
+    page = rows[:limit]
+    counts: dict[str, dict[str, int]] = {s.id: {} for s in page}
+    if page:
+        for study_id, status, n in session.execute(
+            select(Job.study_id, Job.status, func.count())
+            .where(Job.study_id.in_(list(counts)))
+            .group_by(Job.study_id, Job.status)
+        ):
+            counts[study_id][status] = n
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return [(s, counts[s.id]) for s in page], next_cursor
+
+
+def cancel_study(session: Session, tenant_id: str, study_id: str) -> tuple[Study, list[str]]:
+    """Cancel every queued or running job of the study (queued at once, running within its epoch); the
+    ids of those asked. Jobs that finish meanwhile are left as they ended."""
+    study = get_study(session, tenant_id, study_id)
+    asked = []
+    for job in session.scalars(select(Job).where(Job.study_id == study_id, Job.status.in_(ACTIVE))).all():
+        try:
+            jobcore.request_cancel(session, job)
+        except Conflict:  # it finished while we looked
+            continue
+        asked.append(job.id)
+    return study, asked
+
+
+def delete_study(session: Session, tenant_id: str, study_id: str) -> list[str]:
+    """Delete a study whose jobs have all finished, with its jobs; their ids."""
+    study = get_study(session, tenant_id, study_id)
+    jobs = session.scalars(select(Job).where(Job.study_id == study_id)).all()
+    active = [j.id for j in jobs if j.status in ACTIVE]
+    if active:
+        raise Conflict(
+            f"study {study_id} has {len(active)} queued or running job(s); only a study whose jobs have all "
+            f"finished can be deleted. Cancel it first with POST /v1/studies/{study_id}/cancel"
+        )
+    for job in jobs:
+        jobcore.delete_finished(session, job)
+    session.execute(delete(Study).where(Study.id == study.id))
+    return [j.id for j in jobs]
 
 
 # --- metrics and checkpoints ------------------------------------------------------------------------

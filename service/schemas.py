@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from alignahead.spec import JobSpec
 from service.enums import CheckpointKind, JobStatus, Queue
@@ -70,6 +70,7 @@ class JobSummaryOut(BaseModel):
         description="Why a succeeded job ended before its last epoch (early stopping, `training.patience`), saying "
         "at which epoch; null when it ran every epoch.",
     )
+    study_id: str | None = Field(None, description="The study this job belongs to (POST /v1/studies), if any.")
 
 
 class JobOut(JobSummaryOut):
@@ -153,6 +154,79 @@ class DatasetList(BaseModel):
     uploads: list[UploadOut]
     next_cursor: str | None
     builtin: list[BuiltinDataset]
+
+
+# --- studies -------------------------------------------------------------------------------------------
+
+SpecPath = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class StudyIn(BaseModel):
+    """A base job spec run for every seed and every combination of the axes' values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=150, description="The study's name; its jobs are named after it.")
+    spec: dict[str, Any] = Field(description="The base job spec (as POST /v1/jobs takes it).")
+    seeds: Annotated[int, Field(ge=1, le=100_000)] | Annotated[list[int], Field(min_length=1, max_length=100_000)] = (
+        Field(3, description="A count n (seeds 0..n-1) or a list of seeds; each sets training.seed.")
+    )
+    axes: dict[SpecPath, list[Any]] = Field(
+        default_factory=dict,
+        description="Dotted spec paths to lists of values, e.g. {'distillation.strategy': ['none', 'alignahead'], "
+        "'distillation.alpha': [0.5, 1, 2]}; `students.0.hidden_size` indexes the students.",
+    )
+
+
+class Comparison(BaseModel):
+    n: int = Field(description="Seeds where both this cell and its baseline have a value (pairs).")
+    mean_diff: float | None = Field(description="Mean over pairs of (this cell - baseline).")
+    ci_low: float | None = Field(description="95% t confidence interval of the mean difference; null below 2 pairs.")
+    ci_high: float | None
+    p_value: float | None = Field(description="Two-sided p-value of the paired test; null below 2 pairs or when "
+                                  "every difference is the same.")  # fmt: skip
+
+
+class MetricStats(BaseModel):
+    n: int = Field(description="Succeeded jobs with a value.")
+    mean: float | None
+    std: float | None = Field(description="Sample standard deviation (ddof=1); null below 2 values.")
+    vs_baseline: Comparison | None = Field(
+        description="Against the cell with strategy 'none' and the other axes equal; null when there is none."
+    )
+
+
+class StudyRow(BaseModel):
+    cell: dict[str, Any] = Field(description="The axes' values of this cell (seeds aside).")
+    student: int = Field(description="Student position in the spec's expanded students.")
+    jobs: int
+    succeeded: int
+    test_at_best: MetricStats
+    best_val: MetricStats
+
+
+class StudySummaryOut(BaseModel):
+    id: str
+    name: str | None
+    created_at: datetime
+    jobs: int = Field(description="Jobs the study has now (deleted ones aside).")
+    counts: dict[JobStatus, int] = Field(description="Jobs per status.")
+    done: bool = Field(description="No job is queued or running.")
+
+
+class StudyOut(StudySummaryOut):
+    spec: dict[str, Any] = Field(description="The base spec as submitted.")
+    seeds: list[int]
+    axes: dict[str, list[Any]] = Field(description="The axes, each value as the validated spec holds it.")
+    job_ids: list[str]
+    test: str = Field(description="The test behind p_value.")
+    confidence: float = Field(description="Level of the confidence intervals.")
+    table: list[StudyRow] = Field(description="Per cell and student position, over seeds; only succeeded jobs count.")
+
+
+class StudyPage(BaseModel):
+    studies: list[StudySummaryOut]
+    next_cursor: str | None
 
 
 class HealthOut(BaseModel):

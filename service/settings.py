@@ -120,6 +120,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Wall-clock limit of a job from its first start; past it the job ends failed.",
     )
+    max_study_jobs: int = Field(
+        200, ge=1, description="Jobs per study (seeds x every axis's values); a larger study is refused (422)."
+    )
     max_attempts: int = Field(3, ge=1, description="A job whose worker died (or stalled) this many times ends failed.")
 
     # --- workers ----------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from alignahead import studies
 from alignahead.spec import JobSpec
-from service.models import CheckpointRow, Job, MetricRow, Upload
+from service.enums import ACTIVE, JobStatus
+from service.models import CheckpointRow, Job, MetricRow, Study, Upload
 from service.schemas import (
     CheckpointList,
     CheckpointOut,
@@ -16,6 +18,9 @@ from service.schemas import (
     Progress,
     StudentCheckpoints,
     StudentOut,
+    StudyOut,
+    StudyRow,
+    StudySummaryOut,
     UploadOut,
 )
 
@@ -37,6 +42,7 @@ def job_summary(job: Job) -> JobSummaryOut:
         heartbeat_at=job.heartbeat_at,
         error=job.error,
         stop_reason=job.stop_reason,
+        study_id=job.study_id,
     )
 
 
@@ -102,4 +108,53 @@ def upload_out(upload: Upload) -> UploadOut:
         created_at=upload.created_at,
         summary=upload.summary,  # type: ignore[arg-type]
         dataset_spec={"name": "upload", "upload_id": upload.id},
+    )
+
+
+def study_summary(study: Study, counts: dict[str, int]) -> StudySummaryOut:
+    full = {status: counts.get(status, 0) for status in JobStatus}
+    return StudySummaryOut(
+        id=study.id,
+        name=study.name,
+        created_at=study.created_at,
+        jobs=sum(full.values()),
+        counts=full,
+        done=not any(full[s] for s in ACTIVE),
+    )
+
+
+def study_outcomes(study: Study, jobs: Sequence[Job]) -> list[studies.Outcome]:
+    """Each job's cell and seed, read back from its own spec."""
+    return [
+        studies.Outcome(
+            cell={p: studies.get_path(j.spec, p) for p in study.axes},
+            seed=int(studies.get_path(j.spec, studies.SEED_PATH) or 0),
+            status=j.status,
+            students=j.result,
+        )
+        for j in jobs
+    ]
+
+
+def study_cells(study: Study) -> list[dict]:
+    return studies.cells(study.axes)
+
+
+def study_rows(study: Study, jobs: Sequence[Job]) -> list[studies.TableRow]:
+    return studies.study_table(study_outcomes(study, jobs), study_cells(study))
+
+
+def study_detail(study: Study, jobs: Sequence[Job]) -> StudyOut:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    return StudyOut(
+        **study_summary(study, counts).model_dump(),
+        spec=study.spec,
+        seeds=study.seeds,
+        axes=study.axes,
+        job_ids=[j.id for j in jobs],
+        test=studies.TEST_NAME,
+        confidence=studies.CONFIDENCE,
+        table=[StudyRow.model_validate(r.as_dict()) for r in study_rows(study, jobs)],
     )

@@ -14,10 +14,8 @@ from alignahead.spec import JobSpec
 from service import dispatch, limits, views
 from service import repository as repo
 from service.auth import current_tenant, known_query
-from service.context import AppContext
 from service.deps import Ctx, TenantId
 from service.enums import CheckpointKind, JobStatus
-from service.errors import Invalid
 from service.schemas import (
     MAX_METRIC_ROWS,
     MAX_SEQ,
@@ -47,38 +45,6 @@ CONFLICT = {409: _err("The job's status does not allow it.")}
 JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
 
 
-def _check_spec(ctx: AppContext, tenant_id: str, spec: JobSpec) -> None:
-    """What the spec model cannot know: the service reads no server paths, uploads must be the tenant's,
-    and every size must be within the operator's limits, memory included."""
-    settings = ctx.settings
-    limits.check_model(spec, settings)
-    name = spec.dataset.name
-    if name == "npz":
-        raise Invalid(
-            ["body", "dataset", "name"],
-            "dataset 'npz' reads a file on the server and is not available over the API; upload the file "
-            'with POST /v1/datasets and use {"name": "upload", "upload_id": <its id>}',
-        )
-    if name == "upload":
-        with ctx.read() as s:
-            summary = repo.upload_summary(s, tenant_id, spec.dataset.upload_id or "")
-        if summary is None:
-            raise Invalid(
-                ["body", "dataset", "upload_id"],
-                f"no uploaded dataset with id {spec.dataset.upload_id!r}; upload one with POST "
-                "/v1/datasets (GET /v1/datasets lists them)",
-            )
-        size = limits.upload_size(summary)
-        limits.check_dataset(size, settings, ["body", "dataset", "upload_id"])
-    elif name == "synthetic":
-        size = limits.synthetic_size(spec)
-        limits.check_dataset(size, settings, ["body", "dataset", "synthetic"])
-        limits.check_synthetic_bytes(spec, settings)
-    else:
-        size = limits.BUILTIN_SIZES[name]
-    limits.check_memory(spec, size, settings)
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -104,7 +70,7 @@ def submit_job(
 
     If the broker is down the job is still stored (201, `queued`) and leaves for the broker within
     seconds of its return."""
-    _check_spec(ctx, tenant, spec)
+    limits.check_spec(ctx, tenant, spec)
     settings = ctx.settings
     kwargs = {
         "idempotency_key": idempotency_key,
@@ -137,10 +103,11 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page.")] = None,
+    study: Annotated[str | None, Query(max_length=64, description="Only the jobs of this study.")] = None,
 ) -> JobPage:
     """This tenant's jobs, newest first, a page at a time."""
     with ctx.read() as s:
-        jobs, next_cursor = repo.list_jobs(s, tenant, status=status_, limit=limit, cursor=cursor)
+        jobs, next_cursor = repo.list_jobs(s, tenant, status=status_, limit=limit, cursor=cursor, study_id=study)
         return JobPage(jobs=[views.job_summary(j) for j in jobs], next_cursor=next_cursor)
 
 
