@@ -273,6 +273,12 @@ class Outcome:
     seed: int
     status: str
     students: list[dict[str, Any]] | None = None
+    positions: int = 0  # students the spec has, so that a table has its rows before any result
+
+
+def num_students(spec: Mapping[str, Any]) -> int:
+    """Students of a spec dict as stored (the model's dump: every `count` present)."""
+    return sum(int(s.get("count", 1)) for s in spec.get("students") or [])
 
 
 @dataclass
@@ -378,7 +384,7 @@ def study_table(outcomes: Iterable[Outcome], cells: Sequence[Mapping[str, Any]] 
     rows = []
     for key, cell in order.items():
         jobs = by_cell[key]
-        positions = max((len(o.students or []) for o in jobs), default=0)
+        positions = max((max(o.positions, len(o.students or [])) for o in jobs), default=0)
         base_key = None
         if STRATEGY_PATH in cell and cell[STRATEGY_PATH] != BASELINE:
             candidate = _key({**cell, STRATEGY_PATH: BASELINE})

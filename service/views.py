@@ -131,6 +131,7 @@ def study_outcomes(study: Study, jobs: Sequence[Job]) -> list[studies.Outcome]:
             seed=int(studies.get_path(j.spec, studies.SEED_PATH) or 0),
             status=j.status,
             students=j.result,
+            positions=studies.num_students(j.spec),
         )
         for j in jobs
     ]
