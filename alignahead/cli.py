@@ -1,6 +1,7 @@
 """`alignahead train SPEC` runs a job locally; `alignahead datasets` lists what can be trained on.
 The service commands (`submit`, `jobs`, `status`, `wait`, `metrics`, `cancel`, `delete`, `download`,
-`logs`, `upload`) talk to a running service: see alignahead/client/cli.py.
+`logs`, `upload`) talk to a running service: see alignahead/client/cli.py. `study` runs a spec over
+seeds and a grid of values, on the service or locally: see alignahead/study_cli.py.
 
 An output folder holds spec.json, metrics.jsonl (one row per student per epoch), checkpoints/
 (student-<i>-best|final.safetensors), state.pt (for --resume) and summary.json.
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from alignahead.client.cli import add_commands
 from alignahead.spec import JobSpec
+from alignahead.study_cli import add_commands as add_study_commands
 
 if TYPE_CHECKING:  # torch and DGL load only for the commands that train
     from alignahead.trainer import Checkpoint, EpochMetrics, Trainer
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("datasets", help="list the dataset registry")
     d.set_defaults(func=datasets)
     add_commands(sub)
+    add_study_commands(sub)
     args = parser.parse_args(argv)
     if getattr(args, "state_every", 1) < 1:
         parser.error("--state-every must be at least 1")

@@ -26,6 +26,7 @@ from alignahead.client.errors import (
 )
 from alignahead.client.events import Event
 from alignahead.client.jobs import Job, MetricRows
+from alignahead.client.studies import Study
 from alignahead.client.transport import RetryPolicy
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailable",
+    "Study",
     "TooLarge",
     "Unauthorized",
     "ValidationFailed",

@@ -12,6 +12,7 @@ import httpx
 import yaml
 
 from alignahead.client.jobs import Job
+from alignahead.client.studies import Study
 from alignahead.client.transport import Http, RetryPolicy
 from alignahead.spec import JobSpec
 
@@ -108,6 +109,42 @@ class Client:
             for data in page["jobs"]:
                 if name is None or data.get("name") == name:  # also right on a service that ignores ?name=
                     yield Job(self._http, data)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    # --- studies ------------------------------------------------------------------------------
+
+    def submit_study(
+        self,
+        spec: SpecLike,
+        *,
+        seeds: int | list[int] = 3,
+        axes: dict[str, list[Any]] | None = None,
+        name: str | None = None,
+    ) -> Study:
+        """Run a base spec for every seed (a count n: seeds 0..n-1) and every combination of the axes
+        (dotted spec paths to value lists, e.g. {"distillation.strategy": ["none", "alignahead"]}).
+
+        The service checks every combination first and refuses the whole study (ValidationFailed naming
+        the path or combination) if one fails; else it queues one ordinary job per combination and seed.
+        """
+        body = {"spec": spec_body(spec), "seeds": seeds, "axes": axes or {}}
+        if name is not None:
+            body["name"] = name
+        return Study(self._http, self._http.json("POST", "/v1/studies", json=body, idempotent=False))
+
+    def study(self, study_id: str) -> Study:
+        return Study(self._http, self._http.json("GET", f"/v1/studies/{study_id}"))
+
+    def studies(self, *, page_size: int = 100) -> Iterator[Study]:
+        """Studies newest first (summaries: `refresh()` or `table()` fetch the rest)."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self._http.json("GET", "/v1/studies", params=params)
+            for data in page["studies"]:
+                yield Study(self._http, data)
             cursor = page.get("next_cursor")
             if not cursor:
                 return
