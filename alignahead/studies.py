@@ -349,10 +349,10 @@ def paired(a: Sequence[float], b: Sequence[float]) -> Comparison:
     n, mean, sd = describe(diffs)
     if n < 2 or sd is None or mean is None:
         return Comparison(n, mean, None, None, None)
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # equal up to rounding (scores are often multiples of 1/nodes)
+        return Comparison(n, mean, mean, mean, None)
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
-    p = None
-    if sd > 0:
-        p = _finite(float(stats.ttest_rel(a, b).pvalue))
+    p = _finite(float(stats.ttest_rel(a, b).pvalue))
     return Comparison(n, mean, mean - half, mean + half, p)
 
 

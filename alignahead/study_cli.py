@@ -7,6 +7,7 @@ library's trainer; either way the same table (alignahead.studies) printed with r
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -23,9 +24,19 @@ from alignahead.client.errors import AlignaheadError
 from alignahead.client.studies import Study
 from alignahead.client.transport import RetryPolicy
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _scalar(text: str) -> Any:
+    """A YAML scalar, and 1e6 a float too (YAML 1.1 reads it as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _NUMBER.match(value):
+        return float(value)
+    return value
+
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
-    """`path=v1,v2,...` with each value a YAML scalar (0.5 is a float, none the string 'none', null None),
+    """`path=v1,v2,...` with each value a YAML scalar (0.5 and 1e6 are floats, none the string 'none', null None),
     or `path=[...]`, a YAML list, for values that hold commas."""
     path, sep, values = text.partition("=")
     path = path.strip()
@@ -37,7 +48,7 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
             if not isinstance(parsed, list):
                 raise argparse.ArgumentTypeError(f"--axis {text!r}: {values!r} is not a list")
             return path, parsed
-        return path, [yaml.safe_load(v.strip()) for v in values.split(",")]
+        return path, [_scalar(v.strip()) for v in values.split(",")]
     except yaml.YAMLError as e:
         raise argparse.ArgumentTypeError(f"--axis {text!r}: cannot read the values ({e})") from e
 
