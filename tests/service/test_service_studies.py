@@ -218,3 +218,32 @@ def test_a_study_that_does_not_fit_the_quota_now_is_a_429_and_stores_nothing(sma
     assert small_quota.post(f"/v1/studies/{first['id']}/cancel", headers=other).status_code == 404
     r = small_quota.post(f"/v1/studies/{first['id']}/cancel")
     assert r.status_code == 200 and r.json()["counts"]["cancelled"] == 3 and r.json()["done"]
+
+
+@pytest.mark.parametrize("service", ["embedded"], indirect=True)
+def test_client_submits_waits_and_reads_the_table(service: Service) -> None:
+    from client_helpers import LiveServer
+
+    from alignahead.client import Client, RetryPolicy, Study, ValidationFailed
+
+    spec = {**SIGN_SPEC, "training": {**SIGN_SPEC["training"], "epochs": 3}}
+    key = service.client.headers["Authorization"].removeprefix("Bearer ")  # the fixture's tenant
+    with LiveServer(service.settings) as server, Client(server.url, key, retry=RetryPolicy(attempts=4)) as client:
+        with pytest.raises(ValidationFailed, match="distillation.alfa"):
+            client.submit_study(spec, seeds=2, axes={"distillation.alfa": [1]})
+        study = client.submit_study(spec, seeds=2, axes={STRATEGY: ["none", "one-to-one"]}, name="client")
+        assert isinstance(study, Study) and study.total == 4
+        bar = io.StringIO()
+        assert study.wait(file=bar, poll_interval=0.2) is study
+        assert study.done and study.counts["succeeded"] == 4 and "4/4" in bar.getvalue()
+        jobs = list(study.jobs(page_size=3))
+        assert len(jobs) == 4 and {j.data["study_id"] for j in jobs} == {study.id}
+        table = study.table()
+        assert [(r["cell"][STRATEGY], r["student"]) for r in table] == [
+            ("none", 0), ("none", 1), ("one-to-one", 0), ("one-to-one", 1)]  # fmt: skip
+        assert table[2]["test_at_best"]["vs_baseline"]["n"] == 2
+        assert study.table_csv().splitlines()[0].startswith(f"{STRATEGY},student")
+        assert study.id in [s.id for s in client.studies()]
+        assert study.cancel().done  # nothing left to cancel
+        study.delete()
+        assert all(service.client.get(f"/v1/jobs/{j.id}").status_code == 404 for j in jobs)
