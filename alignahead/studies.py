@@ -117,6 +117,8 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         if not isinstance(node, dict | list):
             raise StudyError(["axes", path], f"spec path {path!r}: {'.'.join(parts[: i + 1])} is not a section")
     last = parts[-1]
+    if not isinstance(node, dict | list):
+        raise StudyError(["axes", path], f"spec path {path!r}: {'.'.join(parts[:-1])} is not a section")
     if isinstance(node, list):
         index = int(last)
         if index >= len(node):
