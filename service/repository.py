@@ -141,7 +141,7 @@ def get_study(session: Session, tenant_id: str, study_id: str) -> Study:
 
 
 def study_jobs(session: Session, study_id: str) -> Sequence[Job]:
-    """The study's jobs in the order they were created (the expansion order)."""
+    """The study's jobs, oldest first (views.study_detail puts them in expansion order)."""
     return session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.created_at, Job.id)).all()
 
 

@@ -218,7 +218,7 @@ class StudyOut(StudySummaryOut):
     spec: dict[str, Any] = Field(description="The base spec as submitted.")
     seeds: list[int]
     axes: dict[str, list[Any]] = Field(description="The axes, each value as the validated spec holds it.")
-    job_ids: list[str]
+    job_ids: list[str] = Field(description="The jobs, cell by cell in the axes' order, seeds within each.")
     test: str = Field(description="The test behind p_value.")
     confidence: float = Field(description="Level of the confidence intervals.")
     table: list[StudyRow] = Field(description="Per cell and student position, over seeds; only succeeded jobs count.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from alignahead import studies
@@ -145,7 +146,18 @@ def study_rows(study: Study, jobs: Sequence[Job]) -> list[studies.TableRow]:
     return studies.study_table(study_outcomes(study, jobs), study_cells(study))
 
 
+def _expansion_order(study: Study, jobs: Sequence[Job]) -> list[Job]:
+    """Jobs by cell (the axes' order) then seed, as POST /v1/studies created them; others last."""
+    cells = {json.dumps(c, sort_keys=True): i for i, c in enumerate(study_cells(study))}
+    seeds = {s: i for i, s in enumerate(study.seeds)}
+    keyed = zip(study_outcomes(study, jobs), jobs, strict=True)
+    order = sorted(keyed, key=lambda p: (cells.get(json.dumps(p[0].cell, sort_keys=True), len(cells)),
+                                         seeds.get(p[0].seed, len(seeds))))  # fmt: skip
+    return [job for _, job in order]
+
+
 def study_detail(study: Study, jobs: Sequence[Job]) -> StudyOut:
+    jobs = _expansion_order(study, jobs)
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
@@ -154,7 +166,7 @@ def study_detail(study: Study, jobs: Sequence[Job]) -> StudyOut:
         spec=study.spec,
         seeds=study.seeds,
         axes=study.axes,
-        job_ids=[j.id for j in jobs],
+        job_ids=[j.id for j in jobs],  # in expansion order: cell by cell, seeds within
         test=studies.TEST_NAME,
         confidence=studies.CONFIDENCE,
         table=[StudyRow.model_validate(r.as_dict()) for r in study_rows(study, jobs)],

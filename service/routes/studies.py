@@ -90,7 +90,7 @@ def submit_study(body: StudyIn, ctx: Ctx, tenant: TenantId, response: Response) 
             tenant,
             name=body.name,
             spec=body.spec,
-            seeds=sorted({r.seed for r in runs}, key=[r.seed for r in runs].index),
+            seeds=studies.seed_list(body.seeds),
             axes=studies.normalized_axes(runs),
             jobs=specs,
             max_active=settings.max_active_jobs,

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from scipy import stats
 from svc_helpers import Service, bearer, long_spec, make_key, small_spec
@@ -74,6 +77,8 @@ def test_study_runs_every_combination_and_its_table_matches_the_jobs(service: Se
         assert spec["distillation"]["alpha"] == 1e6 and spec["training"]["epochs"] == 15
         by_cell[(spec["distillation"]["strategy"], spec["training"]["seed"])] = j
     assert sorted(by_cell) == [(s, seed) for s in ("alignahead", "none") for seed in range(SEEDS)]
+    # job_ids in expansion order: cell by cell in the axes' order, seeds within each
+    assert study["job_ids"] == [by_cell[(s, seed)]["id"] for s in ("none", "alignahead") for seed in range(SEEDS)]
     assert by_cell[("none", 1)]["name"] == "sign strategy=none seed=1"
 
     rows = {(row["cell"][STRATEGY], row["student"]): row for row in study["table"]}
@@ -221,9 +226,12 @@ def test_a_study_that_does_not_fit_the_quota_now_is_a_429_and_stores_nothing(sma
 
 
 @pytest.mark.parametrize("service", ["embedded"], indirect=True)
-def test_client_submits_waits_and_reads_the_table(service: Service) -> None:
+def test_client_and_cli_submit_wait_and_read_the_table(
+    service: Service, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from client_helpers import LiveServer
 
+    from alignahead.cli import main
     from alignahead.client import Client, RetryPolicy, Study, ValidationFailed
 
     spec = {**SIGN_SPEC, "training": {**SIGN_SPEC["training"], "epochs": 3}}
@@ -244,6 +252,17 @@ def test_client_submits_waits_and_reads_the_table(service: Service) -> None:
         assert table[2]["test_at_best"]["vs_baseline"]["n"] == 2
         assert study.table_csv().splitlines()[0].startswith(f"{STRATEGY},student")
         assert study.id in [s.id for s in client.studies()]
+
+        # the CLI, on the service: submit, wait, print the same table as JSON
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        argv = ["study", str(path), "--seeds", "2", "--axis", "distillation.strategy=none,one-to-one", "--wait",
+                "--json", "--quiet", "--url", server.url, "--api-key", key]  # fmt: skip
+        assert main(argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["counts"]["succeeded"] == 4 and out["axes"] == {STRATEGY: ["none", "one-to-one"]}
+        assert [r["test_at_best"]["mean"] for r in out["table"]] == [r["test_at_best"]["mean"] for r in table]
+        client.study(out["id"]).delete()
         assert study.cancel().done  # nothing left to cancel
         study.delete()
         assert all(service.client.get(f"/v1/jobs/{j.id}").status_code == 404 for j in jobs)
