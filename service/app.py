@@ -32,6 +32,8 @@ Submit a job (`POST /v1/jobs`, body: the job spec), poll it (`GET /v1/jobs/{id}`
 `GET /v1/jobs/{id}/metrics?since=SEQ`), download the trained students
 (`GET /v1/jobs/{id}/checkpoints/{student}/{kind}`; `alignahead.load_student` loads them).
 Own graphs: upload an npz with `POST /v1/datasets`, then use `{"name": "upload", "upload_id": ...}`.
+Seeds and a grid of settings: `POST /v1/studies` runs one job per combination and seed, and
+`GET /v1/studies/{id}` compares the cells (mean, std, paired difference with strategy 'none').
 
 Every error answer is `{"detail": "<what is wrong and how to fix it>", "errors": [{"loc", "msg", "type"}]}`;
 limits answer 413/422/429 naming the setting that holds them.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from alignahead.spec import JobSpec
+from service import repository as repo
 from service.errors import Invalid, TooLarge
 from service.settings import Settings
 
@@ -194,9 +195,8 @@ def check_memory(spec: JobSpec, size: GraphSize, settings: Settings) -> None:
 
 def check_spec(ctx: AppContext, tenant_id: str, spec: JobSpec) -> None:
     """What the spec model cannot know: the service reads no server paths, uploads must be the tenant's,
-    and every size must be within the operator's limits, memory included."""
-    from service import repository as repo
-
+    and every size must be within the operator's limits, memory included. (POST /v1/jobs checks its
+    spec, POST /v1/studies each of its cells.)"""
     settings = ctx.settings
     check_model(spec, settings)
     name = spec.dataset.name
