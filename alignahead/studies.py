@@ -134,7 +134,7 @@ def get_path(data: Any, path: str) -> Any:
     node = data
     for part in path.split("."):
         if isinstance(node, list):
-            node = node[int(part)] if int(part) < len(node) else None
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
         elif isinstance(node, dict):
             node = node.get(part)
         else:
@@ -245,6 +245,9 @@ def expand(
                 raise _refusal(e, combo, seed) from e
             cell = {p: get_path(spec.model_dump(mode="json"), p) for p in paths}
             runs.append(Run(cell=cell, seed=seed, spec=spec))
+    for p, values in normalized_axes(runs).items():
+        if len(values) < len(axes[p]):  # two values the spec reads alike (1 and 1.0) would make one cell
+            raise StudyError(["axes", p], f"axis {p!r} repeats a value: {list(axes[p])} are {values} in the spec")
     return runs
 
 

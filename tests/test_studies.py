@@ -64,6 +64,7 @@ def test_expand_every_combination_for_every_seed_in_order() -> None:
         ({"students.0.count": [1]}, 1, ["axes", "students.0.count"], ["count=1", "at least 2 students"]),
         ({"training.seed": [1]}, 1, ["axes", "training.seed"], ["seeds"]),
         ({"distillation.alpha": [1, 2, 3]}, 5, ["axes"], ["15 jobs", "limit of 10"]),
+        ({"distillation.alpha": [1, 1.0]}, 1, ["axes", "distillation.alpha"], ["repeats"]),
         ({}, 0, ["seeds"], ["at least 1"]),
         ({}, [1, -1], ["seeds"], ["-1"]),
     ],
