@@ -103,7 +103,9 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page.")] = None,
-    study: Annotated[str | None, Query(max_length=64, description="Only the jobs of this study.")] = None,
+    study: Annotated[
+        str | None, Query(pattern="^[0-9a-f]{32}$", description="Only the jobs of this study (its id).")
+    ] = None,
 ) -> JobPage:
     """This tenant's jobs, newest first, a page at a time."""
     with ctx.read() as s:

@@ -68,6 +68,12 @@ def _fuzz_one(operation: Any, mode: GenerationMode, headers: dict[str, str], max
     @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
               derandomize=True, database=None, phases=[Phase.explicit, Phase.generate])  # fmt: skip
     def check(case: schemathesis.Case) -> None:
+        if mode is GenerationMode.NEGATIVE and any(v in ([], {}) for v in (case.query or {}).values()):
+            # an empty list or object as a query value is sent as no parameter at all, a valid request that
+            # this schemathesis reports as "negative data accepted" (fixed upstream, schemathesis PR 4690);
+            # which cases hit it depends on the generator's path, so it came and went with unrelated changes
+            SEEN["skipped"] += 1
+            return
         try:
             response = case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
             SEEN[str(response.status_code)] += 1
