@@ -17,7 +17,7 @@ from service.dispatch import Dispatcher
 from service.errors import ServiceError
 from service.guards import Guards
 from service.polling import PollingFastPath
-from service.routes import datasets, health, jobs
+from service.routes import datasets, health, jobs, pages
 from service.settings import Settings
 
 log = logging.getLogger("alignahead.service")
@@ -55,11 +55,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher.stop()
         context.close()
 
-    app = FastAPI(title="alignahead", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url off: FastAPI's own pages load from a CDN; routes/pages.py serves them offline
+    app = FastAPI(
+        title="alignahead", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.context = context
     app.include_router(jobs.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
+    # the dashboard at /, the API docs at /docs and /redoc, their files at /static
+    app.include_router(pages.router)
+    app.mount("/static", pages.static_files(), name="static")
     app.add_exception_handler(ServiceError, handlers.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, handlers.validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, handlers.http_error)  # type: ignore[arg-type]
