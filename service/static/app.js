@@ -46,10 +46,17 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   const tick = (v) => (v === 0 ? "0" : Math.abs(v) < 0.01 || Math.abs(v) >= 1e5 ? v.toExponential(1) : String(+v.toPrecision(3)));
   const rel = (url) => url.replace(/^\//, ""); // server paths are absolute; keep a prefix working
 
+  // The page's Content-Security-Policy (style-src 'self') ignores style attributes in HTML, so widths and
+  // colours are data attributes that this sets through the DOM after each render.
+  function paint(root) {
+    root.querySelectorAll("[data-pct]").forEach((el) => { el.style.width = `${el.dataset.pct}%`; });
+    root.querySelectorAll("[data-color]").forEach((el) => { el.style.color = el.dataset.color; });
+  }
+
   function progressBar(job, wide = false) {
     const p = job.progress || { epoch: 0, total: 0 };
     const pct = p.total ? Math.round((100 * p.epoch) / p.total) : 0;
-    return `<span class="bar${wide ? " wide" : ""}" title="${pct} %"><span style="width:${pct}%"></span></span>
+    return `<span class="bar${wide ? " wide" : ""}" title="${pct} %"><span data-pct="${pct}"></span></span>
       <span class="muted">${p.epoch}/${p.total}</span>`;
   }
 
@@ -210,6 +217,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       if (!body) return;
       body.innerHTML = jobs.length ? jobs.map(jobRow).join("")
         : `<tr><td colspan="8" class="muted">No jobs${filter.value ? ` ${filter.value}` : ""}. <a href="#/new">Submit one.</a></td></tr>`;
+      paint(body);
       document.getElementById("jobs-note").textContent = page.next_cursor ? "the 50 newest" : "";
     };
     filter.addEventListener("change", () => refresh().catch(showError));
@@ -227,7 +235,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     const link = `#/jobs/${encodeURIComponent(job.id)}`;
     return `<tr data-job="${esc(job.id)}">
       <td>${badge(job.status)}</td>
-      <td><a href="${link}">${esc(job.name || job.id.slice(0, 8))}</a><div class="muted mono">${esc(job.id.slice(0, 8))}</div></td>
+      <td><a href="${link}">${job.name ? esc(job.name) : "unnamed"}</a><div class="muted mono">${esc(job.id.slice(0, 8))}</div></td>
       <td>${esc(spec.dataset ? spec.dataset.name : "–")}</td>
       <td>${students || "–"}</td>
       <td>${progressBar(job)}</td>
@@ -276,10 +284,26 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     };
 
     const loadCheckpoints = () => api(`${path}/checkpoints`).then(renderCheckpoints).catch(showError);
-    const loadLogs = () => request(`${path}/logs`).then((r) => r.json()).then(renderLogs).catch((e) => {
-      document.getElementById("logs").textContent =
-        e.status === 404 ? "This service does not keep job logs." : `Could not load logs: ${e.message}`;
-    });
+    // new lines only (since=), page after page until one comes back empty; one load at a time
+    const logs = { since: 0, lines: [], omitted: 0, busy: null };
+    const readLogs = async () => {
+      for (let pages = 0; pages < 100; pages++) {
+        const page = await api(`${path}/logs?since=${logs.since}`);
+        const lines = page.lines || [];
+        logs.lines.push(...lines);
+        logs.omitted = page.omitted || 0;
+        if (!lines.length || page.next_since === undefined) break;
+        logs.since = page.next_since;
+      }
+      renderLogs(logs);
+    };
+    const loadLogs = () => {
+      logs.busy ??= readLogs().catch((e) => {
+        const pre = document.getElementById("logs");
+        if (pre) pre.textContent = e.status === 404 ? "This service does not keep job logs." : `Could not load logs: ${e.message}`;
+      }).finally(() => { logs.busy = null; });
+      return logs.busy;
+    };
 
     showJob(job);
     loadCheckpoints();
@@ -308,18 +332,23 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       ["Attempts", esc(job.attempts)],
     ];
     if (job.cancel_requested && !FINISHED.has(job.status)) facts.push(["Cancel", "requested; stops within this epoch"]);
+    if (job.stop_reason) facts.push(["Stopped", esc(job.stop_reason)]);
     if (job.error) facts.push(["Error", `<span class="error">${esc(job.error)}</span>`]);
-    document.getElementById("job-facts").innerHTML = facts.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
+    const dl = document.getElementById("job-facts");
+    dl.innerHTML = facts.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
+    paint(dl);
   }
 
   function renderStudents(job) {
-    document.getElementById("students").innerHTML = `
+    const table = document.getElementById("students");
+    table.innerHTML = `
       <thead><tr><th>Student</th><th>Architecture</th><th class="num">Best validation</th>
         <th class="num">at epoch</th><th class="num">Test there</th></tr></thead>
       <tbody>${job.students.map((s) => `<tr>
-        <td><span style="color:${COLORS[s.student % COLORS.length]}">■</span> ${s.student}</td><td>${esc(s.arch)}</td>
+        <td><span data-color="${COLORS[s.student % COLORS.length]}">■</span> ${s.student}</td><td>${esc(s.arch)}</td>
         <td class="num">${fmt(s.best_val)}</td><td class="num">${fmt(s.best_epoch, 0)}</td>
         <td class="num">${fmt(s.test_at_best)}</td></tr>`).join("")}</tbody>`;
+    paint(table);
   }
 
   function renderCheckpoints(listing) {
@@ -366,12 +395,12 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     }
   }
 
-  function renderLogs(body) {
+  function renderLogs({ lines, omitted }) {
     const pre = document.getElementById("logs");
     if (!pre) return;
-    const lines = body.lines || [];
+    const gap = omitted ? `<span class="muted">(${omitted} lines left out in the middle: the service keeps the first and the latest)</span>\n` : "";
     pre.innerHTML = lines.length
-      ? lines.map((l) => `<span class="${esc(l.level)}">${esc(when(l.created_at))} ${esc(l.level)} ${esc(l.message)}</span>`).join("\n")
+      ? gap + lines.map((l) => `<span class="${esc(l.level)}">${esc(when(l.created_at))} ${esc(l.level)} ${esc(l.message)}</span>`).join("\n")
       : "No log lines yet.";
     pre.scrollTop = pre.scrollHeight;
   }
@@ -387,7 +416,8 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     if (!event.data.length) return;
     const data = JSON.parse(event.data.join("\n"));
     if (event.type === "metric") {
-      if (data.seq > state.lastSeq) { state.lastSeq = data.seq; handlers.onMetric(data); }
+      const seq = Number(data.seq ?? event.id); // the event's id is the metric row's seq
+      if (seq > state.lastSeq) { state.lastSeq = seq; handlers.onMetric(data); }
     } else if (event.type === "status") {
       handlers.onStatus(data);
       if (FINISHED.has(data.status)) state.finished = true;
@@ -414,7 +444,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       const reader = resp.body.getReader();
       const decoder = new TextDecoder();
       let buffer = "";
-      let event = { type: "message", data: [] };
+      let event = { type: "message", data: [], id: "" };
       try {
         for (;;) {
           const { value, done } = await reader.read();
@@ -427,7 +457,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
             buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
             if (line === "") {
               dispatch(event, state, handlers);
-              event = { type: "message", data: [] };
+              event = { type: "message", data: [], id: "" };
               if (state.finished) { reader.cancel().catch(() => {}); return "done"; }
               continue;
             }
@@ -438,6 +468,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
             if (value2.startsWith(" ")) value2 = value2.slice(1);
             if (field === "event") event.type = value2;
             else if (field === "data") event.data.push(value2);
+            else if (field === "id") event.id = value2;
           }
           failures = 0;
         }
@@ -527,7 +558,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
           </div>
         </div>
         <aside class="panel">
-          <h2 style="margin-top:0">Problems</h2>
+          <h2>Problems</h2>
           <p id="submit-message" class="muted">The job spec in YAML or JSON; the service checks it before anything is stored.</p>
           <ul class="field-errors" id="submit-errors"></ul>
         </aside>

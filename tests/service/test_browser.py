@@ -1,0 +1,223 @@
+"""The browser pages in a real Chromium (Debian's `chromium` package, driven by Playwright): the API docs at
+/docs and /redoc, and the dashboard at / following a real job on the real worker.
+
+Every page runs with a guard that aborts and records any request leaving the service's origin, so a test
+fails if a page would need the network beyond the service (the pages must work on offline clusters).
+Screenshots go to `test-output/browser/` under the repository root (git-ignored), for people to look at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from client_helpers import LiveServer
+from svc_helpers import FINISHED, ROOT, Service, long_spec, make_key, small_spec
+
+CHROMIUM = shutil.which("chromium")
+SCREENSHOTS = ROOT / "test-output" / "browser"
+TIMEOUT_MS = 90_000  # two shared cores: a page waits on a worker that trains
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.parametrize("service", ["embedded"], indirect=True),
+    pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH (Debian: apt-get install chromium)"),
+]
+
+
+class OffsiteGuard:
+    """Records what a page asks of origins other than the service's: requests that reached the network
+    layer (aborted here, so nothing leaves), requests that completed, and the console's errors."""
+
+    def __init__(self, page, origin: str) -> None:
+        self.origin = origin
+        self.routed: list[str] = []
+        self.finished: list[str] = []
+        self.errors: list[str] = []
+        page.route("**/*", self._route)
+        page.on("requestfinished", lambda r: None if self._own(r.url) else self.finished.append(r.url))
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def _console(self, message) -> None:
+        # an HTTP error answer is logged as "Failed to load resource"; the pages handle those themselves
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.errors.append(message.text)
+
+    def _own(self, url: str) -> bool:
+        return url == self.origin or url.startswith(self.origin + "/") or url.startswith(("data:", "blob:"))
+
+    def _route(self, route) -> None:
+        if self._own(route.request.url):
+            route.continue_()
+        else:
+            self.routed.append(route.request.url)
+            route.abort()
+
+    def assert_offline(self) -> None:
+        assert self.routed == [] and self.finished == [], (self.routed, self.finished)
+
+
+@pytest.fixture(scope="module")
+def live(service: Service) -> Iterator[str]:
+    with LiveServer(service.settings) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live: str) -> Iterator:
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.guard = OffsiteGuard(page, live)
+    yield page
+    context.close()
+
+
+def _csp(service: Service, path: str) -> str:
+    r = service.client.get(path)
+    assert r.status_code == 200, r.text
+    policy = r.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and not re.search(r"https?:|\*", policy), policy
+    return policy
+
+
+def test_swagger_ui_renders_offline(page, live: str, service: Service) -> None:
+    policy = _csp(service, "/docs")
+    assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]  # its inline script by hash
+    page.goto(f"{live}/docs")
+    page.get_by_text("/v1/jobs/{job_id}/cancel").wait_for()
+    assert page.locator(".opblock").count() >= 10  # every operation, datasets and health included
+    assert page.get_by_role("button", name="Authorize").is_visible()  # the bearer scheme is in the spec
+    page.guard.assert_offline()
+    assert page.guard.errors == []  # nothing refused by the policy: the inline script's hash matches
+
+
+def test_redoc_renders_offline(page, live: str, service: Service) -> None:
+    _csp(service, "/redoc")
+    page.goto(f"{live}/redoc")
+    page.get_by_role("heading", name="Submit Job").first.wait_for()
+    assert page.get_by_text("/v1/jobs/{job_id}/metrics").count() >= 1
+    page.guard.assert_offline()
+    # ReDoc's sidebar logo is a hard-coded CDN image: the policy blocks it before any network use (so the
+    # guard never sees it); that refusal is the only error allowed
+    assert all("img-src" in e and "cdn.redoc.ly" in e for e in page.guard.errors), page.guard.errors
+
+
+def _sign_in(page, live: str, key: str) -> None:
+    """Open the dashboard with an empty session: it asks for the key once and keeps it in sessionStorage."""
+    page.goto(f"{live}/")
+    page.locator("#key-dialog[open]").wait_for()
+    page.fill("#key-input", key)
+    page.click("#key-save")
+    page.locator("#key-dialog[open]").wait_for(state="detached")
+    assert page.evaluate("sessionStorage.getItem('alignahead.apiKey')") == key
+
+
+POINTS = "+document.querySelector(\".chart[data-metric='val_score']\").dataset.points"  # epochs drawn
+
+
+def _points(page, metric: str) -> int:
+    return int(page.get_attribute(f".chart[data-metric='{metric}']", "data-points") or 0)
+
+
+def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service: Service) -> None:
+    """Jobs table -> job page whose four charts grow while the job trains -> cancel from the page.
+
+    Saves `test-output/browser/job-running.png` (the job page mid-run) and `job-cancelled.png`."""
+    job = service.submit(long_spec(epochs=10_000, num_nodes=1500))  # minutes of epochs; cancelled below
+    try:
+        service.wait(job["id"], until=lambda j: j["status"] == "running", timeout=120)
+        _sign_in(page, live, make_key(service.settings, "tests"))
+
+        row = page.locator(f"tr[data-job='{job['id']}']")
+        row.locator(".status.running").wait_for()
+        cells = row.locator("td").all_inner_texts()
+        assert cells[2] == "synthetic" and cells[3] == "gcn, gcn" and re.search(r"\d+/10000", cells[4]), cells
+        row.locator("a").click()
+        assert page.url.endswith(f"#/jobs/{job['id']}")
+
+        # the curves: a line per student in each of the four charts, growing as epochs arrive
+        # wait_for_function takes functions, not expressions: the page's policy forbids eval
+        page.wait_for_function("() => document.querySelectorAll('.chart[data-points]').length === 4")
+        seen = _points(page, "val_score")
+        page.wait_for_function(f"() => {POINTS} >= {seen + 3}")
+        for metric in ("task_loss", "distill_loss", "val_score", "test_score"):
+            assert _points(page, metric) > seen, metric
+        assert page.locator(".chart[data-metric='val_score'] .u-legend .u-series").count() == 3  # epoch + 2
+        page.locator("#job-status .status.running").wait_for()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "job-running.png", full_page=True)
+
+        page.click("#cancel")
+        done = service.wait(job["id"], timeout=120)
+        assert done["status"] == "cancelled", done
+        page.locator("#job-status .status.cancelled").wait_for()
+        assert page.locator("#cancel").is_hidden()
+        # every epoch the job stored is drawn, and nothing more
+        epochs = {r["epoch"] for r in service.metrics(job["id"], limit=10_000)["rows"]}
+        assert len(epochs) == done["progress"]["epoch"]
+        page.wait_for_function(f"() => {POINTS} === {len(epochs)}")
+        page.screenshot(path=SCREENSHOTS / "job-cancelled.png", full_page=True)
+        page.guard.assert_offline()
+        assert page.guard.errors == [], page.guard.errors  # the policy refused nothing, no script failed
+    finally:
+        if service.job(job["id"])["status"] not in FINISHED:
+            service.client.post(f"/v1/jobs/{job['id']}/cancel")
+            service.wait(job["id"], timeout=120)
+
+
+def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service: Service, tmp_path: Path) -> None:
+    """A bad spec: the server's message next to the field; a good one: its job page, then its checkpoints
+    download through the page, verified."""
+    _sign_in(page, live, make_key(service.settings, "tests"))
+    page.click("a[data-nav='new']")
+
+    bad = small_spec(epochs=3)
+    bad["training"]["epochs"] = 0
+    expected = service.client.post("/v1/jobs", json=bad).json()["errors"]
+    assert [e["loc"] for e in expected] == [["body", "training", "epochs"]]
+    page.fill("#spec", "# YAML\n" + json.dumps(bad))
+    page.click("#submit-button")
+    field = page.locator("#submit-errors li[data-loc='training.epochs']")
+    field.wait_for()
+    assert expected[0]["msg"] in field.inner_text()
+    assert page.locator("#spec.invalid").count() == 1
+
+    page.fill("#spec", "dataset: [unclosed")  # not even YAML: said before anything is sent
+    page.click("#submit-button")
+    page.get_by_text("Not valid YAML or JSON").wait_for()
+
+    page.fill("#spec", json.dumps(small_spec(epochs=3), indent=2))
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"#/jobs/[A-Za-z0-9_-]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.locator("#job-status .status.succeeded").wait_for()
+    assert service.job(job_id)["status"] == "succeeded"
+
+    listing = service.client.get(f"/v1/jobs/{job_id}/checkpoints").json()
+    buttons = page.locator("#checkpoints button[data-url]")
+    buttons.first.wait_for()
+    assert buttons.count() == 4  # best and final of both students
+    with page.expect_download() as info:
+        buttons.first.click()
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == listing["students"][0]["best"]["sha256"]
+    page.guard.assert_offline()
+    assert page.guard.errors == [], page.guard.errors
