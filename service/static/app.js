@@ -410,6 +410,10 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   async function follow(id, state, handlers, signal) {
     const how = await streamEvents(id, state, handlers, signal);
     if (how === "no-stream" && !signal.aborted) await pollEvents(id, state, handlers, signal);
+    // rows stored after the last one the stream sent (a stream may say "finished" first): read them too
+    if (how === "done" && !signal.aborted) {
+      for (const row of await allMetrics(id, state.lastSeq)) { state.lastSeq = row.seq; handlers.onMetric(row); }
+    }
   }
 
   function dispatch(event, state, handlers) {

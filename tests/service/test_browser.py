@@ -119,10 +119,16 @@ def test_redoc_renders_offline(page, live: str, service: Service) -> None:
     assert all("img-src" in e and "cdn.redoc.ly" in e for e in page.guard.errors), page.guard.errors
 
 
-def _sign_in(page, live: str, key: str) -> None:
+def _sign_in(page, live: str, key: str, wrong_first: bool = False) -> None:
     """Open the dashboard with an empty session: it asks for the key once and keeps it in sessionStorage."""
     page.goto(f"{live}/")
     page.locator("#key-dialog[open]").wait_for()
+    page.locator("#key-error").get_by_text("this endpoint needs an API key").wait_for()  # the service's words
+    if wrong_first:  # the service's refusal is shown and the dialog stays until a key works
+        page.fill("#key-input", "alh_000000000000_" + "x" * 43)
+        page.click("#key-save")
+        page.locator("#key-error").get_by_text("the API key is unknown, revoked or malformed").wait_for()
+        assert page.locator("#key-dialog[open]").count() == 1
     page.fill("#key-input", key)
     page.click("#key-save")
     page.locator("#key-dialog[open]").wait_for(state="detached")
@@ -143,12 +149,16 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
     job = service.submit(long_spec(epochs=10_000, num_nodes=1500))  # minutes of epochs; cancelled below
     try:
         service.wait(job["id"], until=lambda j: j["status"] == "running", timeout=120)
-        _sign_in(page, live, make_key(service.settings, "tests"))
+        _sign_in(page, live, make_key(service.settings, "tests"), wrong_first=True)
 
         row = page.locator(f"tr[data-job='{job['id']}']")
         row.locator(".status.running").wait_for()
         cells = row.locator("td").all_inner_texts()
         assert cells[2] == "synthetic" and cells[3] == "gcn, gcn" and re.search(r"\d+/10000", cells[4]), cells
+        # the table keeps itself up to date: the job's progress moves on without a reload
+        done_then = int(re.search(r"(\d+)/10000", cells[4]).group(1))
+        progress = f"document.querySelector(\"tr[data-job='{job['id']}'] td:nth-child(5) .muted\").textContent"
+        page.wait_for_function(f"() => parseInt({progress}) > {done_then}")
         row.locator("a").click()
         assert page.url.endswith(f"#/jobs/{job['id']}")
 
