@@ -194,7 +194,7 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
 
 def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service: Service, tmp_path: Path) -> None:
     """A bad spec: the server's message next to the field; a good one: its job page, then its checkpoints
-    download through the page, verified."""
+    download through the page, verified. Saves `test-output/browser/submit-field-error.png`."""
     _sign_in(page, live, make_key(service.settings, "tests"))
     page.click("a[data-nav='new']")
 
@@ -208,6 +208,8 @@ def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service:
     field.wait_for()
     assert expected[0]["msg"] in field.inner_text()
     assert page.locator("#spec.invalid").count() == 1
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "submit-field-error.png")
 
     page.fill("#spec", "dataset: [unclosed")  # not even YAML: said before anything is sent
     page.click("#submit-button")
