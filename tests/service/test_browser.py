@@ -146,6 +146,7 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
     """Jobs table -> job page whose four charts grow while the job trains -> cancel from the page.
 
     Saves `test-output/browser/job-running.png` (the job page mid-run) and `job-cancelled.png`."""
+    assert "'unsafe-inline'" not in _csp(service, "/")  # the dashboard has no inline script or style
     job = service.submit(long_spec(epochs=10_000, num_nodes=1500))  # minutes of epochs; cancelled below
     try:
         service.wait(job["id"], until=lambda j: j["status"] == "running", timeout=120)
@@ -194,7 +195,10 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
 
 def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service: Service, tmp_path: Path) -> None:
     """A bad spec: the server's message next to the field; a good one: its job page, then its checkpoints
-    download through the page, verified. Saves `test-output/browser/submit-field-error.png`."""
+    download through the page, verified. The job page polls here (no events stream).
+    Saves `test-output/browser/submit-field-error.png`."""
+    # this page follows its job by polling: the events stream answers 404 here, as a service without it does
+    page.route("**/v1/jobs/*/events", lambda route: route.fulfill(status=404, json={"detail": "no such endpoint"}))
     _sign_in(page, live, make_key(service.settings, "tests"))
     page.click("a[data-nav='new']")
 
@@ -221,6 +225,7 @@ def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service:
     job_id = page.url.rsplit("/", 1)[1]
     page.locator("#job-status .status.succeeded").wait_for()
     assert service.job(job_id)["status"] == "succeeded"
+    page.wait_for_function(f"() => {POINTS} === 3")  # every epoch drawn
 
     listing = service.client.get(f"/v1/jobs/{job_id}/checkpoints").json()
     buttons = page.locator("#checkpoints button[data-url]")
