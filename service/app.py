@@ -55,9 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher.stop()
         context.close()
 
-    # docs_url/redoc_url off: FastAPI's own pages load from a CDN; routes/pages.py serves them offline
     app = FastAPI(
-        title="alignahead", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+        title="alignahead",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # FastAPI's own docs pages load from a CDN; routes/pages.py serves them from here
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = context
     app.include_router(jobs.router)
