@@ -425,6 +425,9 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     } else if (event.type === "status") {
       handlers.onStatus(data);
       if (FINISHED.has(data.status)) state.finished = true;
+    } else if (event.type === "end") { // the last event: the job finished, or was deleted (status null)
+      state.finished = true;
+      if (!data.status) showError(new Error(data.reason || "the job is gone"));
     }
   }
 
