@@ -164,17 +164,36 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     run.catch(showError);
   }
 
+  // One notice at a time, at the top of the page; a newer problem replaces the older one.
   function showError(err) {
     if (err && err.name === "AbortError") return;
-    view.insertAdjacentHTML("afterbegin", `<div class="notice error">${esc(err.message || err)}</div>`);
+    clearError();
+    view.insertAdjacentHTML("afterbegin", `<div class="notice error" id="page-error">${esc(err.message || err)}</div>`);
   }
 
+  function clearError() {
+    document.getElementById("page-error")?.remove();
+  }
+
+  // A refresh that fails (the service restarting, a network blip) says so and tries again, less often,
+  // until it works.
   function everyWhileVisible(ms, fn) {
     let stopped = false;
+    let failures = 0;
     const tick = async () => {
       if (stopped) return;
-      if (!document.hidden) { try { await fn(); } catch (e) { showError(e); stopped = true; return; } }
-      timer = setTimeout(tick, ms);
+      if (!document.hidden) {
+        try {
+          await fn();
+          if (failures) clearError();
+          failures = 0;
+        } catch (e) {
+          if (stopped) return;
+          showError(e);
+          failures++;
+        }
+      }
+      if (!stopped) timer = setTimeout(tick, failures ? Math.max(ms, backoff(failures)) : ms);
     };
     let timer = setTimeout(tick, ms);
     pageStops.push(() => { stopped = true; clearTimeout(timer); });
@@ -487,13 +506,22 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     return "done";
   }
 
+  // The job first, then its rows: when it reads finished, every row it stored is in the second read.
   async function pollEvents(id, state, handlers, signal) {
-    while (!signal.aborted) {
-      const job = await api(`v1/jobs/${encodeURIComponent(id)}`, { signal });
-      for (const row of await allMetrics(id, state.lastSeq)) { state.lastSeq = row.seq; handlers.onMetric(row); }
-      handlers.onStatus(job);
-      if (FINISHED.has(job.status)) { state.finished = true; return; }
-      await sleep(2000, signal);
+    for (let failures = 0; !signal.aborted;) {
+      try {
+        const job = await api(`v1/jobs/${encodeURIComponent(id)}`, { signal });
+        for (const row of await allMetrics(id, state.lastSeq)) { state.lastSeq = row.seq; handlers.onMetric(row); }
+        handlers.onStatus(job);
+        if (failures) clearError();
+        failures = 0;
+        if (FINISHED.has(job.status)) { state.finished = true; return; }
+      } catch (e) {
+        if (signal.aborted || (e instanceof ApiError && e.status === 404)) throw e; // left, or the job is gone
+        showError(e); // a blip: keep following
+        failures++;
+      }
+      await sleep(failures ? backoff(failures) : 2000, signal);
     }
   }
 

@@ -135,7 +135,7 @@ def _sign_in(page, live: str, key: str, wrong_first: bool = False) -> None:
     assert page.evaluate("sessionStorage.getItem('alignahead.apiKey')") == key
 
 
-POINTS = "+document.querySelector(\".chart[data-metric='val_score']\").dataset.points"  # epochs drawn
+POINTS = "+(document.querySelector(\".chart[data-metric='val_score']\")?.dataset.points ?? 0)"  # epochs drawn
 
 
 def _points(page, metric: str) -> int:
@@ -191,6 +191,30 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
         if service.job(job["id"])["status"] not in FINISHED:
             service.client.post(f"/v1/jobs/{job['id']}/cancel")
             service.wait(job["id"], timeout=120)
+
+
+def test_job_page_polls_through_an_outage(page, live: str, service: Service) -> None:
+    """Where the service has no events stream (answered 404 here) the job page polls; when the network
+    goes, it says so and keeps trying, and once it is back the curves grow again and the notice goes."""
+    page.route("**/v1/jobs/*/events", lambda route: route.fulfill(status=404, json={"detail": "no such endpoint"}))
+    job = service.submit(long_spec(epochs=10_000, num_nodes=1500))
+    try:
+        service.wait(job["id"], until=lambda j: j["status"] == "running", timeout=120)
+        _sign_in(page, live, make_key(service.settings, "tests"))
+        page.goto(f"{live}/#/jobs/{job['id']}")
+        page.wait_for_function(f"() => {POINTS} > 0")
+
+        page.context.set_offline(True)
+        page.locator("#page-error").wait_for()  # "Failed to fetch": the page says it lost the service
+        before = _points(page, "val_score")
+        page.context.set_offline(False)
+        page.locator("#page-error").wait_for(state="detached")
+        page.wait_for_function(f"() => {POINTS} > {before + 3}")
+        page.locator("#job-status .status.running").wait_for()
+        page.guard.assert_offline()
+    finally:
+        service.client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert service.wait(job["id"], timeout=120)["status"] == "cancelled"
 
 
 def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service: Service, tmp_path: Path) -> None:
