@@ -129,20 +129,32 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   const keyError = document.getElementById("key-error");
   let keyWaiters = [];
 
-  function askForKey(message) {
+  function openKeyDialog(message) {
     keyError.hidden = !message;
     keyError.textContent = message ? `The service said: ${message}` : "";
     keyInput.value = "";
     if (!keyDialog.open) keyDialog.showModal();
-    return new Promise((resolve) => keyWaiters.push(resolve));
+  }
+
+  // For a request the service refused for its key: resolves once a key is given, to try again.
+  function askForKey(message) {
+    openKeyDialog(message);
+    return new Promise((resolve, reject) => keyWaiters.push({ resolve, reject }));
   }
 
   document.getElementById("key-form").addEventListener("submit", () => {
     sessionStorage.setItem(KEY_STORAGE, keyInput.value.trim());
     const waiting = keyWaiters;
     keyWaiters = [];
-    waiting.forEach((resolve) => resolve());
+    waiting.forEach((w) => w.resolve());
     if (!waiting.length) route(); // opened by hand: reload the page with the new key
+  });
+  // closed without a key (Escape): the requests that wait for one fail, saying how to give it later
+  keyDialog.addEventListener("close", () => {
+    const waiting = keyWaiters;
+    keyWaiters = [];
+    const err = new ApiError(401, "this page needs an API key: give it with \u201cAPI key\u201d at the top right", []);
+    waiting.forEach((w) => w.reject(err));
   });
   document.getElementById("key-forget").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORAGE);
@@ -150,7 +162,8 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     keyError.hidden = false;
     keyError.textContent = "Key forgotten.";
   });
-  document.getElementById("key-button").addEventListener("click", () => askForKey(""));
+  // opened by hand, no request waits: the page reloads with the new key
+  document.getElementById("key-button").addEventListener("click", () => openKeyDialog(""));
 
   // --- routing -----------------------------------------------------------------------------------
 
