@@ -167,7 +167,10 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
 
   // --- routing -----------------------------------------------------------------------------------
 
+  let visit = 0; // counts page changes: a page whose first answer comes after the user left draws nothing
+
   function route() {
+    visit++;
     pageStops.splice(0).forEach((stop) => stop());
     const hash = location.hash || "#/";
     const job = hash.match(/^#\/jobs\/([A-Za-z0-9_-]+)$/);
@@ -241,12 +244,13 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
         return summary; // deleted meanwhile: show what the listing said
       }
     };
+    const mine = visit;
     const refresh = async () => {
       const status = filter.value ? `&status=${filter.value}` : "";
       const page = await api(`v1/jobs?limit=50${status}`);
       const jobs = await Promise.all(page.jobs.map(detailOf));
       const body = document.querySelector("#jobs tbody");
-      if (!body) return;
+      if (!body || mine !== visit) return;
       body.innerHTML = jobs.length ? jobs.map(jobRow).join("")
         : `<tr><td colspan="8" class="muted">No jobs${filter.value ? ` ${filter.value}` : ""}. <a href="#/new">Submit one.</a></td></tr>`;
       paint(body);
@@ -254,7 +258,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     };
     filter.addEventListener("change", () => refresh().catch(showError));
     await refresh();
-    everyWhileVisible(3000, refresh);
+    if (mine === visit) everyWhileVisible(3000, refresh);
   }
 
   function jobRow(job) {
@@ -281,7 +285,9 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   async function jobPage(id) {
     const path = `v1/jobs/${encodeURIComponent(id)}`;
     view.innerHTML = `<p class="muted">Loading job ${esc(id)}…</p>`;
+    const mine = visit;
     let job = await api(path);
+    if (mine !== visit) return;
     view.innerHTML = `
       <h1><span id="job-title"></span> <span id="job-status"></span> <span id="job-live"></span>
         <button type="button" id="cancel" class="danger" hidden>Cancel job</button></h1>
@@ -342,6 +348,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     loadLogs();
     const onMetric = (row) => charts.add(row);
     for (const row of await allMetrics(id, 0)) { state.lastSeq = row.seq; onMetric(row); }
+    if (stop.signal.aborted) return; // left meanwhile
     if (!state.finished) {
       everyWhileVisible(5000, async () => { if (!state.finished) { await loadCheckpoints(); await loadLogs(); } });
       follow(id, state, { onMetric, onStatus: showJob }, stop.signal).catch(showError);

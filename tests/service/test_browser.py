@@ -145,7 +145,7 @@ def _points(page, metric: str) -> int:
 def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service: Service) -> None:
     """Jobs table -> job page whose four charts grow while the job trains -> cancel from the page.
 
-    Saves `test-output/browser/job-running.png` (the job page mid-run) and `job-cancelled.png`."""
+    Saves `test-output/browser/jobs.png`, `job-running.png` (the job page mid-run) and `job-cancelled.png`."""
     assert "'unsafe-inline'" not in _csp(service, "/")  # the dashboard has no inline script or style
     job = service.submit(long_spec(epochs=10_000, num_nodes=1500))  # minutes of epochs; cancelled below
     try:
@@ -160,6 +160,8 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
         done_then = int(re.search(r"(\d+)/10000", cells[4]).group(1))
         progress = f"document.querySelector(\"tr[data-job='{job['id']}'] td:nth-child(5) .muted\").textContent"
         page.wait_for_function(f"() => parseInt({progress}) > {done_then}")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "jobs.png")
         row.locator("a").click()
         assert page.url.endswith(f"#/jobs/{job['id']}")
 
@@ -172,7 +174,6 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
             assert _points(page, metric) > seen, metric
         assert page.locator(".chart[data-metric='val_score'] .u-legend .u-series").count() == 3  # epoch + 2
         page.locator("#job-status .status.running").wait_for()
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SCREENSHOTS / "job-running.png", full_page=True)
 
         page.click("#cancel")
