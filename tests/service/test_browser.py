@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from client_helpers import LiveServer
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
 from svc_helpers import FINISHED, ROOT, Service, long_spec, make_key, small_spec
 
 CHROMIUM = shutil.which("chromium")
@@ -34,7 +35,7 @@ class OffsiteGuard:
     """Records what a page asks of origins other than the service's: requests that reached the network
     layer (aborted here, so nothing leaves), requests that completed, and the console's errors."""
 
-    def __init__(self, page, origin: str) -> None:
+    def __init__(self, page: Page, origin: str) -> None:
         self.origin = origin
         self.routed: list[str] = []
         self.finished: list[str] = []
@@ -44,7 +45,7 @@ class OffsiteGuard:
         page.on("console", self._console)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
 
-    def _console(self, message) -> None:
+    def _console(self, message: ConsoleMessage) -> None:
         # an HTTP error answer is logged as "Failed to load resource"; the pages handle those themselves
         if message.type == "error" and not message.text.startswith("Failed to load resource"):
             self.errors.append(message.text)
@@ -52,7 +53,7 @@ class OffsiteGuard:
     def _own(self, url: str) -> bool:
         return url == self.origin or url.startswith(self.origin + "/") or url.startswith(("data:", "blob:"))
 
-    def _route(self, route) -> None:
+    def _route(self, route: Route) -> None:
         if self._own(route.request.url):
             route.continue_()
         else:
@@ -70,9 +71,7 @@ def live(service: Service) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
+def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM)
         yield b
@@ -80,13 +79,17 @@ def browser() -> Iterator:
 
 
 @pytest.fixture
-def page(browser, live: str) -> Iterator:
+def page(browser: Browser, live: str) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
-    page.guard = OffsiteGuard(page, live)
     yield page
     context.close()
+
+
+@pytest.fixture
+def guard(page: Page, live: str) -> OffsiteGuard:
+    return OffsiteGuard(page, live)
 
 
 def _csp(service: Service, path: str) -> str:
@@ -97,29 +100,29 @@ def _csp(service: Service, path: str) -> str:
     return policy
 
 
-def test_swagger_ui_renders_offline(page, live: str, service: Service) -> None:
+def test_swagger_ui_renders_offline(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
     policy = _csp(service, "/docs")
     assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]  # its inline script by hash
     page.goto(f"{live}/docs")
     page.get_by_text("/v1/jobs/{job_id}/cancel").wait_for()
     assert page.locator(".opblock").count() >= 10  # every operation, datasets and health included
     assert page.get_by_role("button", name="Authorize").is_visible()  # the bearer scheme is in the spec
-    page.guard.assert_offline()
-    assert page.guard.errors == []  # nothing refused by the policy: the inline script's hash matches
+    guard.assert_offline()
+    assert guard.errors == []  # nothing refused by the policy: the inline script's hash matches
 
 
-def test_redoc_renders_offline(page, live: str, service: Service) -> None:
+def test_redoc_renders_offline(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
     _csp(service, "/redoc")
     page.goto(f"{live}/redoc")
     page.get_by_role("heading", name="Submit Job").first.wait_for()
     assert page.get_by_text("/v1/jobs/{job_id}/metrics").count() >= 1
-    page.guard.assert_offline()
+    guard.assert_offline()
     # ReDoc's sidebar logo is a hard-coded CDN image: the policy blocks it before any network use (so the
     # guard never sees it); that refusal is the only error allowed
-    assert all("img-src" in e and "cdn.redoc.ly" in e for e in page.guard.errors), page.guard.errors
+    assert all("img-src" in e and "cdn.redoc.ly" in e for e in guard.errors), guard.errors
 
 
-def _sign_in(page, live: str, key: str, wrong_first: bool = False) -> None:
+def _sign_in(page: Page, live: str, key: str, wrong_first: bool = False) -> None:
     """Open the dashboard with an empty session: it asks for the key once and keeps it in sessionStorage."""
     page.goto(f"{live}/")
     page.locator("#key-dialog[open]").wait_for()
@@ -138,11 +141,13 @@ def _sign_in(page, live: str, key: str, wrong_first: bool = False) -> None:
 POINTS = "+(document.querySelector(\".chart[data-metric='val_score']\")?.dataset.points ?? 0)"  # epochs drawn
 
 
-def _points(page, metric: str) -> int:
+def _points(page: Page, metric: str) -> int:
     return int(page.get_attribute(f".chart[data-metric='{metric}']", "data-points") or 0)
 
 
-def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service: Service) -> None:
+def test_dashboard_follows_a_running_job_and_cancels_it(
+    page: Page, guard: OffsiteGuard, live: str, service: Service
+) -> None:
     """Jobs table -> job page whose four charts grow while the job trains -> cancel from the page.
 
     Saves `test-output/browser/jobs.png`, `job-running.png` (the job page mid-run) and `job-cancelled.png`."""
@@ -186,15 +191,15 @@ def test_dashboard_follows_a_running_job_and_cancels_it(page, live: str, service
         assert len(epochs) == done["progress"]["epoch"]
         page.wait_for_function(f"() => {POINTS} === {len(epochs)}")
         page.screenshot(path=SCREENSHOTS / "job-cancelled.png", full_page=True)
-        page.guard.assert_offline()
-        assert page.guard.errors == [], page.guard.errors  # the policy refused nothing, no script failed
+        guard.assert_offline()
+        assert guard.errors == [], guard.errors  # the policy refused nothing, no script failed
     finally:
         if service.job(job["id"])["status"] not in FINISHED:
             service.client.post(f"/v1/jobs/{job['id']}/cancel")
             service.wait(job["id"], timeout=120)
 
 
-def test_job_page_polls_through_an_outage(page, live: str, service: Service) -> None:
+def test_job_page_polls_through_an_outage(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
     """Where the service has no events stream (answered 404 here) the job page polls; when the network
     goes, it says so and keeps trying, and once it is back the curves grow again and the notice goes."""
     page.route("**/v1/jobs/*/events", lambda route: route.fulfill(status=404, json={"detail": "no such endpoint"}))
@@ -212,13 +217,15 @@ def test_job_page_polls_through_an_outage(page, live: str, service: Service) -> 
         page.locator("#page-error").wait_for(state="detached")
         page.wait_for_function(f"() => {POINTS} > {before + 3}")
         page.locator("#job-status .status.running").wait_for()
-        page.guard.assert_offline()
+        guard.assert_offline()
     finally:
         service.client.post(f"/v1/jobs/{job['id']}/cancel")
         assert service.wait(job["id"], timeout=120)["status"] == "cancelled"
 
 
-def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service: Service, tmp_path: Path) -> None:
+def test_dashboard_form_shows_field_errors_and_submits(
+    page: Page, guard: OffsiteGuard, live: str, service: Service, tmp_path: Path
+) -> None:
     """A bad spec: the server's message next to the field; a good one: its job page, then its checkpoints
     download through the page, verified. The job page polls here (no events stream).
     Saves `test-output/browser/submit-field-error.png`."""
@@ -270,5 +277,5 @@ def test_dashboard_form_shows_field_errors_and_submits(page, live: str, service:
     saved = tmp_path / info.value.suggested_filename
     info.value.save_as(saved)
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == listing["students"][0]["best"]["sha256"]
-    page.guard.assert_offline()
-    assert page.guard.errors == [], page.guard.errors
+    guard.assert_offline()
+    assert guard.errors == [], guard.errors
