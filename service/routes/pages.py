@@ -18,6 +18,8 @@ from fastapi import APIRouter
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 VENDOR = "static/vendor"
@@ -41,9 +43,20 @@ _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 router = APIRouter(include_in_schema=False)
 
 
+class _Revalidated(StaticFiles):
+    """Static files that a browser checks (ETag, a 304 when unchanged) before each use, so the dashboard's
+    script is never a stale copy from before an upgrade."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+
 def static_files() -> StaticFiles:
     """The dashboard's files and the vendored bundles, for `app.mount("/static", ...)`."""
-    return StaticFiles(directory=STATIC_DIR)
+    return _Revalidated(directory=STATIC_DIR)
 
 
 def _with_csp(page: HTMLResponse) -> HTMLResponse:

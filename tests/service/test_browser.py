@@ -102,6 +102,10 @@ def _csp(service: Service, path: str) -> str:
 
 def test_swagger_ui_renders_offline(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
     policy = _csp(service, "/docs")
+    bundle = service.client.get("/static/vendor/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["cache-control"] == "no-cache"  # revalidated, never stale
+    again = service.client.get(bundle.url, headers={"If-None-Match": bundle.headers["etag"]})
+    assert again.status_code == 304  # a check costs no bytes
     assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]  # its inline script by hash
     page.goto(f"{live}/docs")
     page.get_by_text("/v1/jobs/{job_id}/cancel").wait_for()
