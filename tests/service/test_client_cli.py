@@ -27,6 +27,13 @@ def live(service: Service) -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(autouse=True)
+def api_key(service: Service, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The commands read their key from the environment, as a user's shell provides it."""
+    monkeypatch.setenv("ALIGNAHEAD_API_KEY", service.key)
+    return service.key
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -88,14 +95,20 @@ def test_bad_spec_prints_the_servers_message(live: str, tmp_path: Path, capsys: 
     assert "error:" in err and "students.0.arch" in err and "'gat', 'gcn' or 'sage'" in err and "HTTP 422" in err
 
 
-def test_the_cli_reads_the_environment_and_loads_neither_service_nor_torch(live: str) -> None:
+def test_a_wrong_key_prints_the_servers_message(live: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "jobs", "--url", live, "--api-key", "alh_0000_not-a-key")  # the flag wins
+    assert code == 1 and out == ""
+    assert "error:" in err and "the API key is unknown, revoked or malformed" in err and "HTTP 401" in err
+
+
+def test_the_cli_reads_the_environment_and_loads_neither_service_nor_torch(live: str, api_key: str) -> None:
     probe = (
         "import sys; from alignahead.cli import main; code = main(['jobs', '--json']); "
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'service', 'worker', 'torch', 'dgl'}); "
         "print(loaded, file=sys.stderr); sys.exit(code)"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
-    env |= {"ALIGNAHEAD_URL": live, "ALIGNAHEAD_API_KEY": "unused-until-auth", "PYTHONPATH": str(ROOT)}
+    env |= {"ALIGNAHEAD_URL": live, "ALIGNAHEAD_API_KEY": api_key, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert isinstance(json.loads(r.stdout), list)
