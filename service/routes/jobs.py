@@ -267,9 +267,10 @@ async def get_job_events(
 ) -> StreamingResponse:
     """The job's status changes and new metric rows as they are stored, until it ends.
 
-    The stream opens with the job (`event: status`), sends every row with seq > the resume point once
-    (`event: metric`, `id: <seq>`), a `status` whenever the job changes, and after the job's final
-    status an `end` event; then it closes. Reconnect with `Last-Event-ID: <last id>` to resume."""
+    Every metric row with seq > the resume point comes once, in seq order (`event: metric`, `id: <seq>`);
+    the job comes as `event: status` when the stream opens and whenever it changes, a finished job's
+    status after all of its rows; then an `end` event, and the stream closes. Reconnect with
+    `Last-Event-ID: <last id>` (or `?since=`) to resume: nothing is missed or repeated."""
     await run_in_threadpool(_check_job, ctx, tenant, job_id)  # a 404 before the stream starts
     start = max(since or 0, last_event_id or 0)
     return StreamingResponse(

@@ -85,6 +85,26 @@ def test_submit_wait_list_status_metrics_download(
     assert code == 1 and "no job with id" in err
 
 
+def test_jobs_by_tag_and_a_jobs_logs(live: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tag = f"cli{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(small_spec(epochs=1) | {"tags": [tag, "other"]}))
+    code, out, err = run(capsys, "submit", str(spec), "--wait", "--quiet", "--json", "--url", live)
+    assert code == 0, err
+    job = json.loads(out)
+    code, out, _ = run(capsys, "jobs", "--tag", tag, "--tag", "other", "--json", "--url", live)
+    assert code == 0 and [j["id"] for j in json.loads(out)] == [job["id"]]
+    code, out, _ = run(capsys, "jobs", "--tag", tag, "--status", "succeeded", "--url", live)
+    assert code == 0 and job["id"] in out and f"{tag},other" in out
+    code, out, err = run(capsys, "jobs", "--tag", tag, "--status", "failed", "--url", live)
+    assert code == 0 and job["id"] not in out and "no jobs matching" in err
+
+    code, out, _ = run(capsys, "logs", job["id"], "--url", live)
+    assert code == 0
+    assert f"INFO    alignahead.worker: job {job['id']}: attempt 1 on worker" in out
+    assert f"job {job['id']} ends succeeded" in out.splitlines()[-1]
+
+
 def test_bad_spec_prints_the_servers_message(live: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = small_spec()
     spec["students"][0]["arch"] = "transformer"

@@ -95,6 +95,23 @@ def test_submit_wait_metrics_download_and_reproduce_test_at_best(
         client.job(job.id)
 
 
+def test_jobs_by_name_and_tags(client: Client) -> None:
+    run = uuid.uuid4().hex[:8]
+    a = client.submit(small_spec(epochs=1) | {"tags": [f"c{run}", "big"]}, name=f"n{run}")
+    b = client.submit(small_spec(epochs=1) | {"tags": [f"c{run}"]}, name=f"n{run}-b")
+    assert a.tags == [f"c{run}", "big"] and a.name == f"n{run}"
+    assert [j.id for j in client.jobs(tag=f"c{run}")] == [b.id, a.id]
+    assert [j.id for j in client.jobs(tag=[f"c{run}", "big"])] == [a.id]
+    assert [j.id for j in client.jobs(name=f"n{run}", tag=f"c{run}")] == [a.id]
+    assert [j.tags for j in client.jobs(tag=f"c{run}")] == [[f"c{run}"], [f"c{run}", "big"]]
+    a.wait(progress=False)
+    b.wait(progress=False)
+    assert [j.id for j in client.jobs(status="succeeded", tag=f"c{run}")] == [b.id, a.id]
+    lines = a.logs()
+    assert lines[0]["logger"] == "alignahead.worker" and f"job {a.id}: attempt 1" in lines[0]["message"]
+    assert a.logs(since=lines[-2]["seq"]) == lines[-1:]
+
+
 def test_cancel_a_running_job(client: Client) -> None:
     job = client.submit(long_spec(epochs=300, num_nodes=1500))
     for event in job.events():  # wait for the first epoch's rows: it is running
