@@ -150,7 +150,7 @@ def test_a_quiet_stream_sends_keep_alives(api: Service) -> None:
 # --- logs ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", ["embedded"], indirect=True)
+@pytest.mark.parametrize("service", ["embedded", "postgres"], indirect=True)
 def test_a_jobs_log_keeps_the_trainers_warning_and_the_workers_lines(service: Service) -> None:
     # at a huge tau every edge weighs alike: the distillation loss stays ~0 and the trainer warns
     job = service.submit(small_spec(epochs=3) | {"distillation": {"tau": 1e9}})
