@@ -65,6 +65,15 @@ def status_frame(job: JobOut, cursor: int, *, first: bool) -> bytes:
 
 
 async def stream(ctx: AppContext, tenant: str, job_id: str, since: int) -> AsyncIterator[bytes]:
+    ctx.event_streams += 1
+    try:
+        async for chunk in _events(ctx, tenant, job_id, since):
+            yield chunk
+    finally:  # also when the client went away: Starlette cancels the stream then
+        ctx.event_streams -= 1
+
+
+async def _events(ctx: AppContext, tenant: str, job_id: str, since: int) -> AsyncIterator[bytes]:
     settings = ctx.settings
     cursor = since
     shown: dict | None = None  # the last job sent, without its heartbeat

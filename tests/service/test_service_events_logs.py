@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,16 +135,23 @@ def test_a_quiet_stream_sends_keep_alives(api: Service) -> None:
     job = api.submit(small_spec())
     settings = api.settings.model_copy(update={"events_ping_seconds": 0.2})
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        context = server.server.config.app.state.context
         lines = []
         with http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=bearer(api.key)) as response:
             for line in response.iter_lines():
                 lines.append(line)
                 if lines.count(": ping") == 2:
+                    assert context.event_streams == 1
                     break
         assert lines[0] == "retry: 1000"
         status = json.loads(next(x for x in lines if x.startswith("data: "))[6:])
         assert status["status"] == "queued" and status["id"] == job["id"]
-        assert http.get("/healthz").status_code == 200  # the server goes on after the client left
+        # the client left: the server notices and stops polling for it
+        deadline = time.monotonic() + 30
+        while context.event_streams and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert context.event_streams == 0
+        assert http.get("/healthz").status_code == 200
     api.client.post(f"/v1/jobs/{job['id']}/cancel")
 
 
