@@ -59,12 +59,8 @@ class JobIdFilter(logging.Filter):
                 mentioned = job_id in record.getMessage()
             except Exception:  # a malformed record: logging reports it itself
                 return True
-            if not mentioned:
-                if record.args:
-                    record.msg = f"[job {job_id}] {record.msg}"
-                else:  # no %-formatting will happen: any object becomes text here
-                    record.msg = f"[job {job_id}] " + str(record.msg).replace("%", "%%")
-                    record.args = None
+            if not mentioned:  # the prefix holds no '%': formatting with the record's args is unchanged
+                record.msg = f"[job {job_id}] {record.msg}"
         return True
 
 
