@@ -21,7 +21,6 @@ from typing import Any
 
 from service import jobcore
 from service.jobcore import Claim
-from worker import store
 from worker.context import WorkerContext
 
 log = logging.getLogger("alignahead.worker")
@@ -127,10 +126,10 @@ class JobLogHandler(logging.Handler):
 
 
 @contextmanager
-def capture(ctx: WorkerContext, claim: Claim) -> Iterator[JobLogHandler]:
-    """Capture the job's log for as long as this block runs it (in this thread); written at the end."""
-    with ctx.tx() as s:
-        handler = JobLogHandler(ctx, claim, store.last_log_seq(s, claim.job_id))
+def capture(ctx: WorkerContext, claim: Claim, last_seq: int) -> Iterator[JobLogHandler]:
+    """Capture the job's log for as long as this block runs it (in this thread), numbering lines on
+    from `last_seq` (read with the claim: earlier attempts' lines); written at the end."""
+    handler = JobLogHandler(ctx, claim, last_seq)
     logger = logging.getLogger(CAPTURED)
     level = logger.level
     if logger.getEffectiveLevel() > logging.INFO:

@@ -27,10 +27,11 @@ def run_job(job_id: str) -> str:
         return "deferred"
     with ctx.tx() as s:
         claim = jobcore.claim(s, job_id, worker=ctx.name, lease=ctx.lease)
+        last_log_seq = store.last_log_seq(s, job_id) if claim is not None else 0
     if claim is None:
         log.info("job %s: not claimable (finished, cancelled, unknown or running elsewhere); dropped", job_id)
         return "dropped"
-    with capture(ctx, claim) as logs:  # from here on the job's log lines are kept with it
+    with capture(ctx, claim, last_log_seq) as logs:  # from here on the job's log lines are kept with it
         if claim.attempts > 1:
             log.warning("job %s: attempt %d (of at most %d), resuming", job_id, claim.attempts,
                         ctx.settings.max_attempts)  # fmt: skip
