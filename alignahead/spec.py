@@ -149,8 +149,9 @@ class StudentSpec(_Section):
 class DistillationSpec(_Section):
     strategy: Strategy = Field(
         "alignahead",
-        description="'alignahead': each student's layer l learns from its peer's layer l+1 (the last layer from "
-        "the peer's last); 'one-to-one': layer l from the peer's layer l; 'none': independent training.",
+        description="'alignahead': a student's hidden layer l+1 learns the local structure of its peers' layer l, "
+        "and its first layer that of their last (a cycle); 'one-to-one': layer l from the peers' layer l; 'none': "
+        "each student trains alone.",
     )
     alpha: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the distillation loss.")
     tau: Annotated[float, Field(gt=0.0, le=1e9)] | Literal["auto"] = Field(
