@@ -142,7 +142,9 @@ class StudentSpec(_Section):
     attn_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="GAT only: dropout on the attention coefficients (Velickovic et al.: 0.6)."
     )
-    residual: bool = Field(True, description="Residual connections around hidden layers.")
+    residual: bool = Field(
+        True, description="A skip connection around every layer (a linear projection where widths differ)."
+    )
     aggregator: Literal["mean", "gcn", "pool", "lstm"] = Field("mean", description="GraphSAGE only.")
 
 
