@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from service import handlers, keys
@@ -38,6 +39,12 @@ limits answer 413/422/429 naming the setting that holds them.
 """
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's operation id is its function's name (`submit_job`, `list_jobs`, ...): what generated
+    clients call their methods."""
+    return route.name
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     context = AppContext.build(settings)
@@ -55,7 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher.stop()
         context.close()
 
-    app = FastAPI(title="alignahead", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="alignahead",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
     app.state.context = context
     app.include_router(jobs.router)
     app.include_router(datasets.router)
