@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from service import handlers, keys
@@ -38,6 +39,12 @@ limits answer 413/422/429 naming the setting that holds them.
 """
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's operation id is its function's name (`submit_job`, `list_jobs`, ...): what generated
+    clients call their methods."""
+    return route.name
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     context = AppContext.build(settings)
@@ -60,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         # FastAPI's own docs pages load from a CDN; routes/pages.py serves them from here
         docs_url=None,
         redoc_url=None,
