@@ -183,6 +183,7 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
             assert _points(page, metric) > seen, metric
         assert page.locator(".chart[data-metric='val_score'] .u-legend .u-series").count() == 3  # epoch + 2
         page.locator("#job-status .status.running").wait_for()
+        page.locator("#logs").get_by_text(f"job {job['id']}: attempt 1 on worker").wait_for()  # its worker's log
         page.screenshot(path=SCREENSHOTS / "job-running.png", full_page=True)
 
         page.click("#cancel")
