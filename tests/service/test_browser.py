@@ -152,7 +152,8 @@ def _points(page: Page, metric: str) -> int:
 def test_dashboard_follows_a_running_job_and_cancels_it(
     page: Page, guard: OffsiteGuard, live: str, service: Service
 ) -> None:
-    """Jobs table -> job page whose four charts grow while the job trains -> cancel from the page.
+    """Jobs table -> job page whose four charts grow while the job trains, fed by the events stream ->
+    cancel from the page (polling, the fallback, is followed in the two tests below).
 
     Saves `test-output/browser/jobs.png`, `job-running.png` (the job page mid-run) and `job-cancelled.png`."""
     assert "'unsafe-inline'" not in _csp(service, "/")  # the dashboard has no inline script or style
@@ -171,6 +172,11 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
         page.wait_for_function(f"() => parseInt({progress}) > {done_then}")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SCREENSHOTS / "jobs.png")
+        # what the job page asks for from here on: its events stream and its metrics reads
+        job_url = f"{live}/v1/jobs/{job['id']}"
+        streams, polls = [], []
+        page.on("response", lambda r: streams.append(r) if r.url == f"{job_url}/events" else None)
+        page.on("request", lambda r: polls.append(r.url) if r.url.startswith(f"{job_url}/metrics") else None)
         row.locator("a").click()
         assert page.url.endswith(f"#/jobs/{job['id']}")
 
@@ -184,6 +190,10 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
         assert page.locator(".chart[data-metric='val_score'] .u-legend .u-series").count() == 3  # epoch + 2
         page.locator("#job-status .status.running").wait_for()
         page.locator("#logs").get_by_text(f"job {job['id']}: attempt 1 on worker").wait_for()  # its worker's log
+        # the rows came by the stream: one metrics read when the page opened, no polling since
+        assert streams and all(r.status == 200 for r in streams), [r.status for r in streams]
+        assert all(r.headers["content-type"].startswith("text/event-stream") for r in streams)
+        assert len(polls) == 1, polls
         page.screenshot(path=SCREENSHOTS / "job-running.png", full_page=True)
 
         page.click("#cancel")
