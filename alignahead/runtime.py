@@ -13,7 +13,7 @@ Trainer reads `fused_distance` when it is built. Neither changes what is trained
   students without dropout, the forward that refreshes a student's targets may be run with gradient
   and kept as that student's next training forward: one forward less per student per epoch, with
   identical numbers, for k - 1 students' activations held at once. It is done where that costs at
-  most this many MiB (measured on the first refresh); 0 never does it. A bounded price in memory for
+  most this many MiB (what autograd saves in its first training forward); 0 never does it. A bounded price in memory for
   the one cost that distillation adds to training alone in that schedule.
 """
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Arch = Literal["gat", "gcn", "sage"]
 Strategy = Literal["alignahead", "one-to-one", "none"]
@@ -32,6 +32,11 @@ DATASET_NAMES = (
 )
 
 
+MAX_TAGS, MAX_TAG_CHARS = 16, 64
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/+=@-]*$"
+Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS, pattern=TAG_PATTERN)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,8 +46,8 @@ class SplitSpec(_Section):
     per class, `train_per_class` random labelled nodes train, `val_per_class` validate, all the
     remaining labelled nodes test; drawn after the largest component is taken, so it stays inside it."""
 
-    train_per_class: int = Field(20, ge=1, le=100_000)
-    val_per_class: int = Field(30, ge=0, le=100_000)
+    train_per_class: int = Field(20, ge=1, le=100_000, description="Labelled training nodes drawn per class.")
+    val_per_class: int = Field(30, ge=0, le=100_000, description="Validation nodes drawn per class.")
     seed: int | None = Field(None, description="Split seed; defaults to training.seed.")
     small_classes: SmallClasses = Field(
         "drop",
@@ -57,10 +62,10 @@ class SplitSpec(_Section):
 class SyntheticSpec(_Section):
     """A stochastic-block-model graph with class-correlated features, generated from a seed."""
 
-    num_nodes: int = Field(600, ge=10, le=1_000_000)
-    num_classes: int = Field(4, ge=2, le=1000)
-    num_features: int = Field(32, ge=1, le=100_000)
-    avg_degree: float = Field(8.0, gt=0, le=1000)
+    num_nodes: int = Field(600, ge=10, le=1_000_000, description="Nodes per graph.")
+    num_classes: int = Field(4, ge=2, le=1000, description="Classes (blocks of the block model).")
+    num_features: int = Field(32, ge=1, le=100_000, description="Input features per node.")
+    avg_degree: float = Field(8.0, gt=0, le=1000, description="Expected edges per node.")
     homophily: float = Field(0.8, ge=0, le=1, description="Share of edges that stay inside a class.")
     feature_signal: float = Field(1.0, ge=0, le=100, description="Class-mean separation of features.")
     num_graphs: int = Field(
@@ -99,8 +104,10 @@ class DatasetSpec(_Section):
         "the Planetoid public splits (cora, citeseer, pubmed), files with masks, synthetic graphs and "
         "multi-graph data, where it is refused.",
     )
-    split: SplitSpec = SplitSpec()
-    synthetic: SyntheticSpec = SyntheticSpec()
+    split: SplitSpec = Field(
+        SplitSpec(), description="The random per-class split, for single graphs that come without one."
+    )
+    synthetic: SyntheticSpec = Field(SyntheticSpec(), description="The generated graph (name 'synthetic').")
 
     @model_validator(mode="after")
     def _check_source(self) -> DatasetSpec:
@@ -125,7 +132,7 @@ class DatasetSpec(_Section):
 
 
 class StudentSpec(_Section):
-    arch: Arch = "gat"
+    arch: Arch = Field("gat", description="The GNN: 'gat', 'gcn' or 'sage' (GraphSAGE).")
     count: int = Field(1, ge=1, le=16, description="How many students of this configuration.")
     hidden_layers: int = Field(4, ge=1, le=32, description="Hidden layers; the output layer comes on top.")
     hidden_size: int = Field(64, ge=1, le=8192, description="Units per hidden layer (per head for GAT).")
@@ -135,12 +142,19 @@ class StudentSpec(_Section):
     attn_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="GAT only: dropout on the attention coefficients (Velickovic et al.: 0.6)."
     )
-    residual: bool = True
+    residual: bool = Field(
+        True, description="A skip connection around every layer (a linear projection where widths differ)."
+    )
     aggregator: Literal["mean", "gcn", "pool", "lstm"] = Field("mean", description="GraphSAGE only.")
 
 
 class DistillationSpec(_Section):
-    strategy: Strategy = "alignahead"
+    strategy: Strategy = Field(
+        "alignahead",
+        description="'alignahead': a student's hidden layer l+1 learns the local structure of its peers' layer l, "
+        "and its first layer that of their last (a cycle); 'one-to-one': layer l from the peers' layer l; 'none': "
+        "each student trains alone.",
+    )
     alpha: float = Field(1.0, ge=0.0, le=1e6, description="Weight of the distillation loss.")
     tau: Annotated[float, Field(gt=0.0, le=1e9)] | Literal["auto"] = Field(
         100.0,
@@ -157,13 +171,13 @@ class DistillationSpec(_Section):
 
 
 class TrainingSpec(_Section):
-    epochs: int = Field(300, ge=1, le=100_000)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(0.005, gt=0.0, le=10.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    epochs: int = Field(300, ge=1, le=100_000, description="Epochs to train (fewer with `patience`).")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="One optimizer per student.")
+    lr: float = Field(0.005, gt=0.0, le=10.0, description="Learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 penalty (decoupled for 'adamw').")
     batch_size: int = Field(2, ge=1, le=100_000, description="Graphs per step (multi-graph datasets).")
     eval_every: int = Field(1, ge=1, le=100_000, description="Evaluate every n epochs (and at the last).")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds weights, dropout and the data it generates or splits.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
     patience: int | None = Field(
         None,
@@ -183,11 +197,29 @@ class TrainingSpec(_Section):
 class JobSpec(_Section):
     """What to train: one dataset, k students, a distillation strategy and a training recipe."""
 
-    name: str | None = Field(None, max_length=200)
-    dataset: DatasetSpec = DatasetSpec()
-    students: Annotated[list[StudentSpec], Field(min_length=1, max_length=16)] = [StudentSpec(count=2)]
-    distillation: DistillationSpec = DistillationSpec()
-    training: TrainingSpec = TrainingSpec()
+    name: str | None = Field(
+        None, max_length=200, description="A name to find the job by (`GET /v1/jobs?name=`, exact); need not be unique."
+    )
+    tags: list[Tag] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description=f"Labels to group jobs by (`GET /v1/jobs?tag=`): at most {MAX_TAGS}, each 1 to {MAX_TAG_CHARS} "
+        "letters, digits and `_.:/+=@-`, starting with a letter or digit; no repeats.",
+    )
+    dataset: DatasetSpec = Field(DatasetSpec(), description="What to train on.")
+    students: Annotated[list[StudentSpec], Field(min_length=1, max_length=16)] = Field(
+        [StudentSpec(count=2)], description="The students, trained together; `count` repeats a configuration."
+    )
+    distillation: DistillationSpec = Field(DistillationSpec(), description="How the students learn from each other.")
+    training: TrainingSpec = Field(TrainingSpec(), description="The training recipe, shared by every student.")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_once(cls, tags: list[str]) -> list[str]:
+        repeated = sorted({t for t in tags if tags.count(t) > 1})
+        if repeated:
+            raise ValueError(f"tags repeat {', '.join(map(repr, repeated))}; list each tag once")
+        return tags
 
     @model_validator(mode="after")
     def _check_students(self) -> JobSpec:

@@ -268,15 +268,10 @@ class Trainer:
         On one-graph data, in an epoch that is evaluated, keep the logits for `evaluate` too."""
         model = self.students[index]
         tau = self.spec.distillation.tau
-        if self._one_graph and not model.stochastic and self._keeps.get(index, self.reuse_forward_mb > 0):
+        if self._keeps.get(index, False):
             g = self.train_graphs[0]  # train mode == eval mode here: the refresh is the next training forward
-            with saved_bytes() as saved:
-                logits, hidden = model.train()(g, g.ndata["feat"])
-            if index not in self._keeps:  # the first refresh decides, for the rest of the run
-                held = saved.total * (len(self.students) - 1)
-                self._keeps[index] = held <= self.reuse_forward_mb * 2**20
-            if self._keeps[index]:
-                self._kept[index] = (logits, hidden)
+            logits, hidden = model.train()(g, g.ndata["feat"])
+            self._kept[index] = (logits, hidden)
             self._targets[index] = [peer_targets(g, hidden, self.pairs, tau, self.fused)]
             if self._evaluates(self.epoch + 1):
                 self._eval_logits[index] = logits.detach()
@@ -292,6 +287,11 @@ class Trainer:
                     hidden = model.hidden_features(g, g.ndata["feat"])  # the output layer is not needed
                 targets.append(peer_targets(g, hidden, self.pairs, tau, self.fused))
         self._targets[index] = targets
+
+    def _reusable(self, model: Student) -> bool:
+        """Whether a refresh forward can stand in for the next training forward: one graph (the same
+        batch every step), a student with no randomness in train mode, and a budget to keep it in."""
+        return self._one_graph and not model.stochastic and self.reuse_forward_mb > 0 and bool(self.pairs)
 
     def _cached_targets(self, index: int, part: list[int]) -> dict[int, Target]:
         """Student `index`'s cached targets for a batch of the training graphs `part`, in batch order."""
@@ -316,7 +316,15 @@ class Trainer:
             for part, graph in batches:
                 peers = [self._cached_targets(j, part) for j in range(len(self.students)) if j != i and self.pairs]
                 model.train()
-                logits, hidden = kept if kept is not None else model(graph, graph.ndata["feat"])
+                if kept is not None:
+                    logits, hidden = kept
+                elif i not in self._keeps and self._reusable(model):
+                    with saved_bytes() as saved:  # the first training forward decides, for the rest of the run
+                        logits, hidden = model(graph, graph.ndata["feat"])
+                    held = saved.total * (len(self.students) - 1)
+                    self._keeps[i] = held <= self.reuse_forward_mb * 2**20
+                else:
+                    logits, hidden = model(graph, graph.ndata["feat"])
                 kept = None
                 task = self._task_loss(logits, graph)
                 own = layer_distances(graph, hidden, mine, self.fused)

@@ -1,9 +1,10 @@
 """Quick start: submit the synthetic example to a running service, follow it, plot its curves, and run
 its best student.
 
-    make run                                   # terminal 1: the API on :8000 and a worker
-    .venv/bin/python examples/quickstart.py    # terminal 2 (set ALIGNAHEAD_URL / ALIGNAHEAD_API_KEY
-                                               # for a service elsewhere, or pass --url / --api-key)
+    make run                                         # terminal 1: the API on :8000 and a worker
+    export ALIGNAHEAD_API_KEY=$(cat var/local-api-key)  # terminal 2: the key `make run` made
+    .venv/bin/python examples/quickstart.py          # (ALIGNAHEAD_URL for a service elsewhere, or
+                                                     # pass --url / --api-key)
 
 Writes quickstart.png (task loss, distillation loss, validation and test score per student and epoch).
 """

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from service import handlers, keys
@@ -17,7 +18,7 @@ from service.dispatch import Dispatcher
 from service.errors import ServiceError
 from service.guards import Guards
 from service.polling import PollingFastPath
-from service.routes import datasets, health, jobs, studies
+from service.routes import datasets, health, jobs, pages, studies
 from service.settings import Settings
 
 log = logging.getLogger("alignahead.service")
@@ -40,6 +41,12 @@ limits answer 413/422/429 naming the setting that holds them.
 """
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's operation id is its function's name (`submit_job`, `list_jobs`, ...): what generated
+    clients call their methods."""
+    return route.name
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     context = AppContext.build(settings)
@@ -57,12 +64,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher.stop()
         context.close()
 
-    app = FastAPI(title="alignahead", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="alignahead",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        # FastAPI's own docs pages load from a CDN; routes/pages.py serves them from here
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.context = context
     app.include_router(jobs.router)
     app.include_router(studies.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
+    # the dashboard at /, the API docs at /docs and /redoc, their files at /static
+    app.include_router(pages.router)
+    app.mount("/static", pages.static_files(), name="static")
     app.add_exception_handler(ServiceError, handlers.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, handlers.validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, handlers.http_error)  # type: ignore[arg-type]

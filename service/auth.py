@@ -1,7 +1,7 @@
 """Who is asking: the API key in `Authorization: Bearer KEY`, verified once and then cached briefly.
 
-Every /v1 route depends on `current_tenant`; health, readiness and the docs pages do not (and a future
-static dashboard at / and /static/ can load without a key and then send one with its API calls).
+Every /v1 route depends on `current_tenant`; health, readiness and the docs pages do not (and the
+dashboard at / and /static/ loads without a key and then sends one with its API calls).
 """
 
 from __future__ import annotations

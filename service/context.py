@@ -30,6 +30,7 @@ class AppContext:
     key_cache: KeyCache
     poll_cache: PollCache
     local_tenant_id: str = field(default="")  # every request's tenant when auth is disabled
+    event_streams: int = 0  # open GET /v1/jobs/{id}/events streams of this process (each polls the database)
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:

@@ -34,7 +34,7 @@ from alignahead.spec import JobSpec
 from service.db import db_now, db_time
 from service.enums import FINISHED, JobStatus, Queue
 from service.errors import Conflict, NotFound
-from service.models import CheckpointRow, Job, JobState, MetricRow
+from service.models import CheckpointRow, Job, JobLog, JobState, JobTag, MetricRow
 
 RUNNING, QUEUED = JobStatus.RUNNING, JobStatus.QUEUED
 # the numbers of a metric row that a redone epoch must reproduce (`seconds` and stamps may differ)
@@ -169,6 +169,9 @@ def create(
     )
     session.add(job)
     session.flush()
+    if spec.tags:
+        session.add_all(JobTag(job_id=job.id, tag=t) for t in spec.tags)
+        session.flush()
     return job
 
 
@@ -378,6 +381,24 @@ def store_checkpoint(
     return True
 
 
+def append_logs(session: Session, claim: Claim, lines: Sequence[dict[str, Any]], *, max_lines: int) -> bool:
+    """Store log lines of the job as its owner (each with seq, at, level, logger, message; seqs
+    increasing), then keep at most `max_lines`: the first half (seq <= max_lines // 2, how the job
+    began) and the latest ones; the middle goes. False if the job is no longer ours (nothing stored)."""
+    if not lines:
+        return True
+    if session.scalar(select(Job.id).where(_fence(claim))) is None:
+        return False
+    session.execute(insert(JobLog), [{"job_id": claim.job_id, **line} for line in lines])
+    last = lines[-1]["seq"]
+    head, tail = max_lines // 2, max_lines - max_lines // 2
+    if last > max_lines:
+        session.execute(
+            delete(JobLog).where(JobLog.job_id == claim.job_id, JobLog.seq > head, JobLog.seq <= last - tail)
+        )
+    return True
+
+
 def finish(
     session: Session,
     claim: Claim,
@@ -520,7 +541,7 @@ def delete_finished(session: Session, job: Job) -> None:
             f"Cancel it first with POST /v1/jobs/{job.id}/cancel"
         )
     # children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on
-    for model in (MetricRow, CheckpointRow, JobState):
+    for model in (MetricRow, CheckpointRow, JobState, JobLog, JobTag):
         session.execute(delete(model).where(model.job_id == job.id))
     result = session.execute(delete(Job).where(Job.id == job.id, Job.status.in_(FINISHED)))
     if result.rowcount != 1:

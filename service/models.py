@@ -71,6 +71,7 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
         Index("ix_jobs_status_created", "status", "created_at", "id"),  # the sweeps
+        Index("ix_jobs_tenant_name_created", "tenant_id", "name", "created_at", "id"),  # ?name=
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
 
@@ -149,6 +150,32 @@ class MetricRow(Base):
     test_score: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JobTag(Base):
+    """A job's tags (spec `tags`), a row each, so that `GET /v1/jobs?tag=` is an index lookup."""
+
+    __tablename__ = "job_tags"
+    __table_args__ = (Index("ix_job_tags_tag", "tag", "job_id"),)
+
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class JobLog(Base):
+    """A log line of a job, captured by its worker. `seq` numbers a job's lines 1, 2, ... over all its
+    attempts; lines dropped by the cap (job_log_max_lines) leave a gap in it."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_logs_job_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())  # the worker's clock when the line was logged
+    level: Mapped[str] = mapped_column(String(10))
+    logger: Mapped[str] = mapped_column(String(100))
+    message: Mapped[str] = mapped_column(Text)
 
 
 class CheckpointRow(Base):

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from alignahead.spec import JobSpec
@@ -18,7 +18,7 @@ from service import jobcore, quota
 from service.db import db_time
 from service.enums import ACTIVE, JobStatus
 from service.errors import Conflict, NotFound
-from service.models import CheckpointRow, Job, MetricRow, Study, Upload
+from service.models import CheckpointRow, Job, JobLog, JobTag, MetricRow, Study, Upload
 from service.pagination import decode_cursor, encode_cursor
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -76,14 +76,21 @@ def list_jobs(
     status: JobStatus | None,
     limit: int,
     cursor: str | None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
     study_id: str | None = None,
 ) -> tuple[Sequence[Job], str | None]:
-    """Newest first; the cursor is the last row of the previous page."""
+    """Newest first; the cursor is the last row of the previous page. `name`: exactly that name;
+    `tags`: jobs carrying every one of them."""
     query = (
         select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     )
     if status is not None:
         query = query.where(Job.status == status)
+    if name is not None:
+        query = query.where(Job.name == name)
+    for tag in dict.fromkeys(tags):
+        query = query.where(exists().where(JobTag.job_id == Job.id, JobTag.tag == tag))
     if study_id is not None:
         query = query.where(Job.study_id == study_id)
     if cursor is not None:
@@ -225,6 +232,20 @@ def list_metrics(
     if not rows:
         raise _not_found(job_id)
     return [r[1] for r in rows if r[1] is not None]
+
+
+def list_logs(
+    session: Session, tenant_id: str, job_id: str, *, since: int, limit: int
+) -> tuple[Sequence[JobLog], int, int]:
+    """(lines with seq > since in seq order, the job's last seq, lines dropped by the cap)."""
+    _job_exists(session, tenant_id, job_id)
+    rows = session.scalars(
+        select(JobLog).where(JobLog.job_id == job_id, JobLog.seq > since).order_by(JobLog.seq).limit(limit)
+    ).all()
+    last, kept = session.execute(
+        select(func.coalesce(func.max(JobLog.seq), 0), func.count()).where(JobLog.job_id == job_id)
+    ).one()
+    return rows, last, last - kept
 
 
 def list_checkpoints(session: Session, tenant_id: str, job_id: str) -> tuple[Job, Sequence[CheckpointRow]]:

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print("ALIGNAHEAD_AUTH_DISABLED: the API answers anyone who can reach it, without a key", flush=True)
     else:
         print(f"API key of tenant 'local' kept in {key_file}; send it as: "
-              f'-H "Authorization: Bearer $(cat {key_file})"', flush=True)  # fmt: skip
+              f'-H "Authorization: Bearer $(cat {key_file})", or for the client and the CLI: '
+              f"export ALIGNAHEAD_API_KEY=$(cat {key_file})", flush=True)  # fmt: skip
     worker = None
     if not args.no_worker:
         env = {

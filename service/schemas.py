@@ -14,6 +14,7 @@ from service.enums import CheckpointKind, JobStatus, Queue
 MAX_SEQ = 2**63 - 1  # metric seqs are 64-bit
 MAX_STUDENT = 1023  # far above any limit
 MAX_METRIC_ROWS = 10_000  # per metrics page
+MAX_LOG_LINES = 10_000  # per logs page
 
 
 class _Out(BaseModel):
@@ -48,7 +49,8 @@ class StudentOut(BaseModel):
 
 class JobSummaryOut(BaseModel):
     id: str
-    name: str | None
+    name: str | None = Field(description="The spec's `name`.")
+    tags: list[str] = Field(description="The spec's `tags`.")
     status: JobStatus
     queue: Queue
     progress: Progress
@@ -101,6 +103,24 @@ class MetricPage(BaseModel):
     job_id: str
     rows: list[MetricOut]
     next_since: int = Field(description="The `since` of the next poll.")
+
+
+class LogLineOut(BaseModel):
+    seq: int = Field(description="Numbers the job's lines 1, 2, ... over all its attempts; poll with since=<last seq>.")
+    created_at: datetime = Field(description="When the worker logged it.")
+    level: str = Field(description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    logger: str = Field(description="Where it came from, e.g. 'alignahead.trainer' or 'alignahead.worker'.")
+    message: str = Field(description="The line; a failure's traceback follows its message.")
+
+
+class LogPage(BaseModel):
+    job_id: str
+    lines: list[LogLineOut] = Field(description="Lines with seq > since, oldest first.")
+    next_since: int = Field(description="The `since` of the next poll.")
+    omitted: int = Field(
+        description="Lines dropped so far by the cap (job_log_max_lines): the first half and the latest lines "
+        "are kept, so they are missing from the middle (a gap in seq)."
+    )
 
 
 class CheckpointOut(_Out):

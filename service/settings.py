@@ -82,6 +82,20 @@ class Settings(BaseSettings):
         description="How long an API process trusts a verified key without asking the database again; a "
         "revoked key stops working within this long.",
     )
+    events_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often an open event stream (GET /v1/jobs/{id}/events) reads its job and new metric rows "
+        "from the database: what a worker writes reaches listeners within this long.",
+    )
+    events_ping_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="An event stream with nothing to say sends a keep-alive comment this often, so proxies and "
+        "clients (which reopen a stream quiet for 90 s) keep it.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API (comma-separated); empty: no cross-origin "
@@ -126,6 +140,19 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="A job whose worker died (or stalled) this many times ends failed.")
 
     # --- workers ----------------------------------------------------------------------------------
+    job_log_max_lines: int = Field(
+        1000,
+        ge=2,
+        le=1_000_000,
+        description="Log lines kept per job (GET /v1/jobs/{id}/logs). Past it the first half and the latest "
+        "lines are kept and the middle is dropped: how the job started and how it is ending stay readable.",
+    )
+    job_log_max_chars: int = Field(
+        8000,
+        ge=100,
+        le=1_000_000,
+        description="Longest kept log line (a traceback is one line); longer ones keep their start and end.",
+    )
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a running job's worker says it lives.")
     stale_after_seconds: float = Field(
         60.0, gt=0, description="A running job whose heartbeat is older than this is taken back (its lease)."

@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from alignahead import studies
 from alignahead.spec import JobSpec
 from service.enums import ACTIVE, JobStatus
-from service.models import CheckpointRow, Job, MetricRow, Study, Upload
+from service.models import CheckpointRow, Job, JobLog, MetricRow, Study, Upload
 from service.schemas import (
     CheckpointList,
     CheckpointOut,
     JobOut,
     JobSummaryOut,
+    LogLineOut,
+    LogPage,
     MetricOut,
     MetricPage,
     Progress,
@@ -30,6 +32,7 @@ def job_summary(job: Job) -> JobSummaryOut:
     return JobSummaryOut(
         id=job.id,
         name=job.name,
+        tags=job.spec.get("tags") or [],
         status=job.status,  # type: ignore[arg-type]
         queue=job.queue,  # type: ignore[arg-type]
         progress=Progress(epoch=job.epochs_done, total=job.epochs_total),
@@ -74,6 +77,11 @@ def metric_page(job_id: str, rows: Sequence[MetricRow], since: int) -> MetricPag
         for r in rows
     ]
     return MetricPage(job_id=job_id, rows=out, next_since=out[-1].seq if out else since)
+
+
+def log_page(job_id: str, rows: Sequence[JobLog], since: int, omitted: int) -> LogPage:
+    lines = [LogLineOut(seq=r.seq, created_at=r.at, level=r.level, logger=r.logger, message=r.message) for r in rows]
+    return LogPage(job_id=job_id, lines=lines, next_since=lines[-1].seq if lines else since, omitted=omitted)
 
 
 def checkpoint_url(job_id: str, student: int, kind: str) -> str:

@@ -25,6 +25,7 @@ from service.enums import JobStatus
 from service.jobcore import Claim, Signals
 from worker import store
 from worker.context import WorkerContext, shutting_down
+from worker.joblog import JobLogHandler
 
 log = logging.getLogger("alignahead.worker")
 MAX_ERROR_CHARS = 4000
@@ -64,8 +65,8 @@ class Flags:
 class Heartbeat:
     """Renews the job's lease every heartbeat_seconds in its own thread, and reads its flags."""
 
-    def __init__(self, ctx: WorkerContext, claim: Claim, flags: Flags) -> None:
-        self.ctx, self.claim, self.flags = ctx, claim, flags
+    def __init__(self, ctx: WorkerContext, claim: Claim, flags: Flags, logs: JobLogHandler | None = None) -> None:
+        self.ctx, self.claim, self.flags, self.logs = ctx, claim, flags, logs
         self.beats = threading.Event()  # set after each beat: tests wait on it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{claim.job_id}", daemon=True)
@@ -87,15 +88,18 @@ class Heartbeat:
                 log.warning("heartbeat of job %s failed", self.claim.job_id, exc_info=True)
                 continue
             self.flags.apply(signals)
+            if self.logs is not None:
+                self.logs.flush()  # lines of a long step (loading a dataset) show while it runs
             self.beats.set()
             if not signals.owned:
                 return
 
 
 class JobRunner:
-    def __init__(self, ctx: WorkerContext, claim: Claim) -> None:
+    def __init__(self, ctx: WorkerContext, claim: Claim, logs: JobLogHandler | None = None) -> None:
         self.ctx = ctx
         self.claim = claim
+        self.logs = logs  # the job's captured log, written with its epochs and before it ends
         self.spec: JobSpec  # parsed in _train, where a failure is recorded like any other
         self.settings = ctx.settings
         self.trainer: Trainer | None = None
@@ -113,7 +117,7 @@ class JobRunner:
             return self._finish(JobStatus.CANCELLED)
         t0 = time.perf_counter()
         try:
-            with Heartbeat(self.ctx, self.claim, self.flags):
+            with Heartbeat(self.ctx, self.claim, self.flags, self.logs):
                 result = self._train()
         except LostClaim:
             log.warning("job %s was taken over by another worker; this delivery stops", job_id)
@@ -142,6 +146,8 @@ class JobRunner:
         return self._hand_back()  # shutting down
 
     def _hand_back(self) -> str:
+        log.warning("job %s: worker shutting down; handing the job back to the queue", self.claim.job_id)
+        self._flush_logs()
         with self.ctx.tx() as s:
             if not jobcore.release(s, self.claim):
                 return "lost"
@@ -155,6 +161,7 @@ class JobRunner:
         t0 = time.perf_counter()
         with self.ctx.tx() as s:
             saved = store.resume_state(s, self.claim)
+        log.info("job %s: loading dataset %r", self.claim.job_id, self.spec.dataset.name)
         dataset = load_dataset(
             self.spec.dataset,
             seed=self.spec.training.seed,
@@ -173,9 +180,21 @@ class JobRunner:
                 log.warning("job %s: stored training state unusable; starting over", self.claim.job_id, exc_info=True)
                 self.trainer = Trainer(self.spec, dataset, callbacks)
         self.seconds["dataset and set-up"] += time.perf_counter() - t0
+        log.info(
+            "job %s: %d student(s), strategy %s, epochs %d to %d of %d (set-up took %.1f s)", self.claim.job_id,
+            self.spec.num_students, self.spec.distillation.strategy, self.trainer.epoch + 1, self.spec.training.epochs,
+            self.spec.training.epochs, self.seconds["dataset and set-up"],
+        )  # fmt: skip
         return self.trainer.run()
 
+    def _flush_logs(self) -> None:
+        if self.logs is not None:
+            self.logs.flush()
+
     def _finish(self, status: JobStatus, **kwargs: Any) -> str:
+        if status != JobStatus.FAILED or "error" not in kwargs:
+            log.info("job %s ends %s", self.claim.job_id, status)
+        self._flush_logs()  # while the job is still ours: its last lines (a traceback) are kept
         with self.ctx.tx() as s:
             if not jobcore.finish(s, self.claim, status, **kwargs):
                 log.warning("job %s: not recording %r, another worker owns it now", self.claim.job_id, status)
@@ -233,6 +252,7 @@ class JobRunner:
         if outcome.mismatches:
             log.warning("job %s: epoch %d redone after a resume differs from the stored rows, which are kept: %s",
                         self.claim.job_id, epoch, "; ".join(outcome.mismatches))  # fmt: skip
+        self._flush_logs()
         self.seconds["epoch writes"] += time.perf_counter() - t0
         if self.flags.lost.is_set():
             raise LostClaim

@@ -3,12 +3,12 @@ goes through service.jobcore (claim, heartbeat, record_epoch, store_checkpoint, 
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.enums import JobStatus
 from service.jobcore import Claim
-from service.models import Job, JobState, Upload
+from service.models import Job, JobLog, JobState, Upload
 
 
 def resume_state(session: Session, claim: Claim) -> tuple[int, bytes] | None:
@@ -28,3 +28,8 @@ def upload_bytes(session: Session, claim: Claim, upload_id: str) -> bytes:
 def queue_of(session: Session, job_id: str) -> str | None:
     """The queue of a job that still waits to run; None if it is gone or no longer queued."""
     return session.scalar(select(Job.queue).where(Job.id == job_id, Job.status == JobStatus.QUEUED))
+
+
+def last_log_seq(session: Session, job_id: str) -> int:
+    """The seq of the job's latest stored log line (0: none): a new attempt numbers on from it."""
+    return session.scalar(select(func.coalesce(func.max(JobLog.seq), 0)).where(JobLog.job_id == job_id)) or 0

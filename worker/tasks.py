@@ -9,6 +9,7 @@ from service.broker import RUN_JOB, enqueue
 from worker import store
 from worker.app import app
 from worker.context import get_worker_context, shutting_down
+from worker.joblog import capture
 from worker.runner import JobRunner
 
 log = logging.getLogger("alignahead.worker")
@@ -26,9 +27,14 @@ def run_job(job_id: str) -> str:
         return "deferred"
     with ctx.tx() as s:
         claim = jobcore.claim(s, job_id, worker=ctx.name, lease=ctx.lease)
+        last_log_seq = store.last_log_seq(s, job_id) if claim is not None else 0
     if claim is None:
         log.info("job %s: not claimable (finished, cancelled, unknown or running elsewhere); dropped", job_id)
         return "dropped"
-    if claim.attempts > 1:
-        log.warning("job %s: attempt %d, resuming", job_id, claim.attempts)
-    return JobRunner(ctx, claim).run()
+    with capture(ctx, claim, last_log_seq) as logs:  # from here on the job's log lines are kept with it
+        if claim.attempts > 1:
+            log.warning("job %s: attempt %d (of at most %d), resuming", job_id, claim.attempts,
+                        ctx.settings.max_attempts)  # fmt: skip
+        else:
+            log.info("job %s: attempt 1 on worker %s", job_id, ctx.name)
+        return JobRunner(ctx, claim, logs).run()

@@ -87,6 +87,8 @@ def _job_table(job: Job) -> Table:
         ("started", str(d.get("started_at") or "-")),
         ("finished", str(d.get("finished_at") or "-")),
     ]
+    if d.get("tags"):
+        rows.insert(2, ("tags", escape(", ".join(d["tags"]))))
     if d.get("error"):
         rows.append(("error", f"[red]{escape(d['error'])}[/]"))
     for k, v in rows:
@@ -158,7 +160,7 @@ def cmd_submit(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 def cmd_jobs(client: Client, args: argparse.Namespace, out: Output) -> int:
     jobs = []
-    for job in client.jobs(status=args.status, name=args.name):
+    for job in client.jobs(status=args.status, name=args.name, tag=args.tag):
         jobs.append(job.data)
         if args.limit and len(jobs) >= args.limit:
             break
@@ -167,14 +169,15 @@ def cmd_jobs(client: Client, args: argparse.Namespace, out: Output) -> int:
         return 0
     table = Table()
     table.add_column("id", no_wrap=True)
-    for col in ("name", "status", "progress", "created"):
+    for col in ("name", "tags", "status", "progress", "created"):
         table.add_column(col)
     for j in jobs:
         created = str(j.get("created_at", ""))[:16].replace("T", " ")
-        table.add_row(j["id"], escape(j.get("name") or "-"), _status(j["status"]), _progress(j), created)
+        tags = escape(",".join(j.get("tags") or []) or "-")
+        table.add_row(j["id"], escape(j.get("name") or "-"), tags, _status(j["status"]), _progress(j), created)
     out.table(table)
     if not jobs:
-        out.err.print("no jobs" + (" matching" if args.status or args.name else ""))
+        out.err.print("no jobs" + (" matching" if args.status or args.name or args.tag else ""))
     return 0
 
 
@@ -259,7 +262,7 @@ def cmd_logs(client: Client, args: argparse.Namespace, out: Output) -> int:
         return 0
     for line in lines:
         stamp = str(line.get("created_at", ""))[:23].replace("T", " ")
-        print(f"{stamp} {line.get('level', ''):<7} {line.get('message', '')}")
+        print(f"{stamp} {line.get('level', ''):<7} {line.get('logger', '')}: {line.get('message', '')}")
     return 0
 
 
@@ -301,7 +304,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar while waiting")
     p = add("jobs", cmd_jobs, "list jobs, newest first")
     p.add_argument("--status", choices=STATUSES)
-    p.add_argument("--name", help="only jobs with this name")
+    p.add_argument("--name", help="only jobs with exactly this name")
+    p.add_argument("--tag", action="append", help="only jobs with this tag (repeat: jobs with all of them)")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
     p = add("status", cmd_status, "a job's status, progress and best scores")
     p.add_argument("id")

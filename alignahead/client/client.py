@@ -96,13 +96,23 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job(self._http, self._http.json("GET", f"/v1/jobs/{job_id}"))
 
-    def jobs(self, status: str | None = None, name: str | None = None, *, page_size: int = 100) -> Iterator[Job]:
-        """Jobs newest first, every page of them; filtered by status and by exact name."""
+    def jobs(
+        self,
+        status: str | None = None,
+        name: str | None = None,
+        tag: str | list[str] | None = None,
+        *,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Jobs newest first, every page of them; filtered by status, by exact name and by tag (a list:
+        jobs carrying every one of them)."""
         params: dict[str, Any] = {"limit": page_size}
         if status is not None:
             params["status"] = status
         if name is not None:
             params["name"] = name
+        if tag:
+            params["tag"] = [tag] if isinstance(tag, str) else list(tag)
         cursor: str | None = None
         while True:
             page = self._http.json("GET", "/v1/jobs", params={**params, **({"cursor": cursor} if cursor else {})})

@@ -74,6 +74,10 @@ class Job:
         return self.data.get("name")
 
     @property
+    def tags(self) -> list[str]:
+        return list(self.data.get("tags") or [])
+
+    @property
     def status(self) -> str:
         return self.data["status"]
 
@@ -148,10 +152,12 @@ class Job:
         params = {} if student is None else {"student": student}
         return MetricRows(metric_pages(self._http, self.id, page=page_size, **params))
 
-    def logs(self) -> list[dict[str, Any]]:
-        """The job's log lines kept by the service: dicts with `created_at`, `level`, `message`."""
+    def logs(self, since: int = 0) -> list[dict[str, Any]]:
+        """The job's log lines kept by the service (seq > since): dicts with `seq`, `created_at`, `level`,
+        `logger` and `message` (a failure's traceback included). The service keeps the first and the
+        latest lines of a long log; a gap in `seq` shows where lines were dropped."""
         try:
-            body = self._http.json("GET", f"/v1/jobs/{self.id}/logs")
+            body = self._http.json("GET", f"/v1/jobs/{self.id}/logs", params={"since": since} if since else None)
         except NotFound:
             self.refresh()  # NotFound again if the job is what is missing
             raise NotFound(404, "this service keeps no job logs (GET /v1/jobs/{id}/logs); upgrade it") from None

@@ -1,9 +1,9 @@
 """studies: a base spec over seeds and a grid of spec values; jobs.study_id ties each job to its study
 
-NOTE: down_revision is 0003; a parallel branch adds 0004, and the two are chained at merge.
+Chained after 0004 (job logs) when main was merged in.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-26 04:30:00
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0003"
+down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

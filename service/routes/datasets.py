@@ -91,7 +91,7 @@ def _store(ctx: AppContext, tenant: str, data: bytes, filename: str | None, summ
         return views.upload_out(repo.create_upload(s, tenant, data, filename, summary))
 
 
-@router.get("", response_model=DatasetList)
+@router.get("", response_model=DatasetList, name="list_datasets")
 def list_all(
     ctx: Ctx,
     tenant: TenantId,

@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
-from alignahead.spec import JobSpec
-from service import dispatch, limits, views
+from alignahead.spec import MAX_TAG_CHARS, JobSpec
+from service import dispatch, events, limits, views
 from service import repository as repo
 from service.auth import current_tenant, known_query
+from service.context import AppContext
 from service.deps import Ctx, TenantId
 from service.enums import CheckpointKind, JobStatus
+from service.errors import Invalid
 from service.schemas import (
+    MAX_LOG_LINES,
     MAX_METRIC_ROWS,
     MAX_SEQ,
     MAX_STUDENT,
@@ -24,6 +28,7 @@ from service.schemas import (
     ErrorOut,
     JobOut,
     JobPage,
+    LogPage,
     MetricPage,
 )
 
@@ -45,6 +50,35 @@ CONFLICT = {409: _err("The job's status does not allow it.")}
 JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
 
 
+SUBMIT_EXAMPLES = {
+    "synthetic": {
+        "summary": "Two GCN students on a synthetic graph",
+        "description": "Alignahead distillation between two GCN students, 50 epochs on CPU; every omitted field "
+        "takes its default (see the JobSpec schema).",
+        "value": {
+            "name": "synthetic-gcn",
+            "tags": ["demo", "gcn"],
+            "dataset": {"name": "synthetic", "synthetic": {"num_nodes": 600, "num_features": 32}},
+            "students": [{"arch": "gcn", "count": 2, "hidden_layers": 2, "hidden_size": 64}],
+            "distillation": {"strategy": "alignahead", "alpha": 1.0, "tau": "auto"},
+            "training": {"epochs": 50, "lr": 0.01, "device": "cpu"},
+        },
+    },
+    "cora": {
+        "summary": "A GAT and a GCN on Cora",
+        "value": {
+            "name": "cora-mixed",
+            "dataset": {"name": "cora"},
+            "students": [
+                {"arch": "gat", "hidden_layers": 1, "hidden_size": 8, "heads": 8, "out_heads": 1, "dropout": 0.6},
+                {"arch": "gcn", "hidden_layers": 1, "hidden_size": 64, "dropout": 0.5},
+            ],
+            "training": {"epochs": 200, "weight_decay": 0.0005, "patience": 100},
+        },
+    },
+}
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -57,7 +91,7 @@ JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
     },
 )
 def submit_job(
-    spec: JobSpec,
+    spec: Annotated[JobSpec, Body(openapi_examples=SUBMIT_EXAMPLES)],
     ctx: Ctx,
     tenant: TenantId,
     response: Response,
@@ -101,15 +135,31 @@ def list_jobs(
     ctx: Ctx,
     tenant: TenantId,
     status_: Annotated[JobStatus | None, Query(alias="status", description="Only jobs in this status.")] = None,
+    name: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Only jobs with exactly this name (spec `name`).")
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        Query(
+            max_length=16,
+            description="Only jobs carrying this tag (spec `tags`); repeat it (`?tag=a&tag=b`) for jobs carrying all.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page.")] = None,
     study: Annotated[
         str | None, Query(pattern="^[0-9a-f]{32}$", description="Only the jobs of this study (its id).")
     ] = None,
 ) -> JobPage:
-    """This tenant's jobs, newest first, a page at a time."""
+    """This tenant's jobs, newest first, a page at a time; filters combine (all must hold)."""
+    tags = tag or []
+    for t in tags:
+        if not 1 <= len(t) <= MAX_TAG_CHARS:
+            raise Invalid(["query", "tag"], f"a tag has 1 to {MAX_TAG_CHARS} characters; got {len(t)}")
     with ctx.read() as s:
-        jobs, next_cursor = repo.list_jobs(s, tenant, status=status_, limit=limit, cursor=cursor, study_id=study)
+        jobs, next_cursor = repo.list_jobs(
+            s, tenant, status=status_, name=name, tags=tags, limit=limit, cursor=cursor, study_id=study
+        )
         return JobPage(jobs=[views.job_summary(j) for j in jobs], next_cursor=next_cursor)
 
 
@@ -160,6 +210,66 @@ def get_metrics(
     with ctx.read() as s:
         rows = repo.list_metrics(s, tenant, job_id, since=since, student=student, limit=limit)
         return _json(views.metric_page(job_id, rows, since))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-Sent Events: `status` (the job), `metric` (a row, `id` its seq), `end`.",
+        },
+        **NOT_FOUND,
+    },
+)
+async def get_job_events(
+    job_id: JobId,
+    ctx: Ctx,
+    tenant: TenantId,
+    since: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Only rows with seq > since.")] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=MAX_SEQ,
+            description="Resume after this metric seq (the `id` of the last event received).",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """The job's status changes and new metric rows as they are stored, until it ends.
+
+    Every metric row with seq > the resume point comes once, in seq order (`event: metric`, `id: <seq>`);
+    the job comes as `event: status` when the stream opens and whenever it changes, a finished job's
+    status after all of its rows; then an `end` event, and the stream closes. Reconnect with
+    `Last-Event-ID: <last id>` (or `?since=`) to resume: nothing is missed or repeated."""
+    await run_in_threadpool(_check_job, ctx, tenant, job_id)  # a 404 before the stream starts
+    start = max(since or 0, last_event_id or 0)
+    return StreamingResponse(
+        events.stream(ctx, tenant, job_id, start), media_type="text/event-stream", headers=events.HEADERS
+    )
+
+
+def _check_job(ctx: AppContext, tenant: str, job_id: str) -> None:
+    with ctx.read() as s:
+        repo.get_job(s, tenant, job_id)
+
+
+@router.get("/{job_id}/logs", response_model=LogPage, responses=NOT_FOUND)
+def get_job_logs(
+    job_id: JobId,
+    ctx: Ctx,
+    tenant: TenantId,
+    since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only lines with seq > since.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_LINES)] = MAX_LOG_LINES,
+) -> Response:
+    """The log lines its workers kept: the library's and the worker's messages at INFO and above
+    (loading, resuming, attempts, warnings such as a flat distillation loss, a failure's traceback).
+    At most job_log_max_lines per job: the first half and the latest; `omitted` counts the rest."""
+    with ctx.read() as s:
+        rows, _last, omitted = repo.list_logs(s, tenant, job_id, since=since, limit=limit)
+        return _json(views.log_page(job_id, rows, since, omitted))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses=NOT_FOUND)

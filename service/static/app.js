@@ -46,10 +46,17 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   const tick = (v) => (v === 0 ? "0" : Math.abs(v) < 0.01 || Math.abs(v) >= 1e5 ? v.toExponential(1) : String(+v.toPrecision(3)));
   const rel = (url) => url.replace(/^\//, ""); // server paths are absolute; keep a prefix working
 
+  // The page's Content-Security-Policy (style-src 'self') ignores style attributes in HTML, so widths and
+  // colours are data attributes that this sets through the DOM after each render.
+  function paint(root) {
+    root.querySelectorAll("[data-pct]").forEach((el) => { el.style.width = `${el.dataset.pct}%`; });
+    root.querySelectorAll("[data-color]").forEach((el) => { el.style.color = el.dataset.color; });
+  }
+
   function progressBar(job, wide = false) {
     const p = job.progress || { epoch: 0, total: 0 };
     const pct = p.total ? Math.round((100 * p.epoch) / p.total) : 0;
-    return `<span class="bar${wide ? " wide" : ""}" title="${pct} %"><span style="width:${pct}%"></span></span>
+    return `<span class="bar${wide ? " wide" : ""}" title="${pct} %"><span data-pct="${pct}"></span></span>
       <span class="muted">${p.epoch}/${p.total}</span>`;
   }
 
@@ -122,20 +129,32 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   const keyError = document.getElementById("key-error");
   let keyWaiters = [];
 
-  function askForKey(message) {
+  function openKeyDialog(message) {
     keyError.hidden = !message;
     keyError.textContent = message ? `The service said: ${message}` : "";
     keyInput.value = "";
     if (!keyDialog.open) keyDialog.showModal();
-    return new Promise((resolve) => keyWaiters.push(resolve));
+  }
+
+  // For a request the service refused for its key: resolves once a key is given, to try again.
+  function askForKey(message) {
+    openKeyDialog(message);
+    return new Promise((resolve, reject) => keyWaiters.push({ resolve, reject }));
   }
 
   document.getElementById("key-form").addEventListener("submit", () => {
     sessionStorage.setItem(KEY_STORAGE, keyInput.value.trim());
     const waiting = keyWaiters;
     keyWaiters = [];
-    waiting.forEach((resolve) => resolve());
+    waiting.forEach((w) => w.resolve());
     if (!waiting.length) route(); // opened by hand: reload the page with the new key
+  });
+  // closed without a key (Escape): the requests that wait for one fail, saying how to give it later
+  keyDialog.addEventListener("close", () => {
+    const waiting = keyWaiters;
+    keyWaiters = [];
+    const err = new ApiError(401, "this page needs an API key: give it with \u201cAPI key\u201d at the top right", []);
+    waiting.forEach((w) => w.reject(err));
   });
   document.getElementById("key-forget").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORAGE);
@@ -143,11 +162,15 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     keyError.hidden = false;
     keyError.textContent = "Key forgotten.";
   });
-  document.getElementById("key-button").addEventListener("click", () => askForKey(""));
+  // opened by hand, no request waits: the page reloads with the new key
+  document.getElementById("key-button").addEventListener("click", () => openKeyDialog(""));
 
   // --- routing -----------------------------------------------------------------------------------
 
+  let visit = 0; // counts page changes: a page whose first answer comes after the user left draws nothing
+
   function route() {
+    visit++;
     pageStops.splice(0).forEach((stop) => stop());
     const hash = location.hash || "#/";
     const job = hash.match(/^#\/jobs\/([A-Za-z0-9_-]+)$/);
@@ -157,17 +180,36 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     run.catch(showError);
   }
 
+  // One notice at a time, at the top of the page; a newer problem replaces the older one.
   function showError(err) {
     if (err && err.name === "AbortError") return;
-    view.insertAdjacentHTML("afterbegin", `<div class="notice error">${esc(err.message || err)}</div>`);
+    clearError();
+    view.insertAdjacentHTML("afterbegin", `<div class="notice error" id="page-error">${esc(err.message || err)}</div>`);
   }
 
+  function clearError() {
+    document.getElementById("page-error")?.remove();
+  }
+
+  // A refresh that fails (the service restarting, a network blip) says so and tries again, less often,
+  // until it works.
   function everyWhileVisible(ms, fn) {
     let stopped = false;
+    let failures = 0;
     const tick = async () => {
       if (stopped) return;
-      if (!document.hidden) { try { await fn(); } catch (e) { showError(e); stopped = true; return; } }
-      timer = setTimeout(tick, ms);
+      if (!document.hidden) {
+        try {
+          await fn();
+          if (failures) clearError();
+          failures = 0;
+        } catch (e) {
+          if (stopped) return;
+          showError(e);
+          failures++;
+        }
+      }
+      if (!stopped) timer = setTimeout(tick, failures ? Math.max(ms, backoff(failures)) : ms);
     };
     let timer = setTimeout(tick, ms);
     pageStops.push(() => { stopped = true; clearTimeout(timer); });
@@ -202,19 +244,21 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
         return summary; // deleted meanwhile: show what the listing said
       }
     };
+    const mine = visit;
     const refresh = async () => {
       const status = filter.value ? `&status=${filter.value}` : "";
       const page = await api(`v1/jobs?limit=50${status}`);
       const jobs = await Promise.all(page.jobs.map(detailOf));
       const body = document.querySelector("#jobs tbody");
-      if (!body) return;
+      if (!body || mine !== visit) return;
       body.innerHTML = jobs.length ? jobs.map(jobRow).join("")
         : `<tr><td colspan="8" class="muted">No jobs${filter.value ? ` ${filter.value}` : ""}. <a href="#/new">Submit one.</a></td></tr>`;
+      paint(body);
       document.getElementById("jobs-note").textContent = page.next_cursor ? "the 50 newest" : "";
     };
     filter.addEventListener("change", () => refresh().catch(showError));
     await refresh();
-    everyWhileVisible(3000, refresh);
+    if (mine === visit) everyWhileVisible(3000, refresh);
   }
 
   function jobRow(job) {
@@ -227,7 +271,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     const link = `#/jobs/${encodeURIComponent(job.id)}`;
     return `<tr data-job="${esc(job.id)}">
       <td>${badge(job.status)}</td>
-      <td><a href="${link}">${esc(job.name || job.id.slice(0, 8))}</a><div class="muted mono">${esc(job.id.slice(0, 8))}</div></td>
+      <td><a href="${link}">${job.name ? esc(job.name) : "unnamed"}</a><div class="muted mono">${esc(job.id.slice(0, 8))}</div></td>
       <td>${esc(spec.dataset ? spec.dataset.name : "–")}</td>
       <td>${students || "–"}</td>
       <td>${progressBar(job)}</td>
@@ -241,7 +285,9 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   async function jobPage(id) {
     const path = `v1/jobs/${encodeURIComponent(id)}`;
     view.innerHTML = `<p class="muted">Loading job ${esc(id)}…</p>`;
+    const mine = visit;
     let job = await api(path);
+    if (mine !== visit) return;
     view.innerHTML = `
       <h1><span id="job-title"></span> <span id="job-status"></span> <span id="job-live"></span>
         <button type="button" id="cancel" class="danger" hidden>Cancel job</button></h1>
@@ -276,16 +322,33 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     };
 
     const loadCheckpoints = () => api(`${path}/checkpoints`).then(renderCheckpoints).catch(showError);
-    const loadLogs = () => request(`${path}/logs`).then((r) => r.json()).then(renderLogs).catch((e) => {
-      document.getElementById("logs").textContent =
-        e.status === 404 ? "This service does not keep job logs." : `Could not load logs: ${e.message}`;
-    });
+    // new lines only (since=), page after page until one comes back empty; one load at a time
+    const logs = { since: 0, lines: [], omitted: 0, busy: null };
+    const readLogs = async () => {
+      for (let pages = 0; pages < 100; pages++) {
+        const page = await api(`${path}/logs?since=${logs.since}`);
+        const lines = page.lines || [];
+        logs.lines.push(...lines);
+        logs.omitted = page.omitted || 0;
+        if (!lines.length || page.next_since === undefined) break;
+        logs.since = page.next_since;
+      }
+      renderLogs(logs);
+    };
+    const loadLogs = () => {
+      logs.busy ??= readLogs().catch((e) => {
+        const pre = document.getElementById("logs");
+        if (pre) pre.textContent = e.status === 404 ? "This service does not keep job logs." : `Could not load logs: ${e.message}`;
+      }).finally(() => { logs.busy = null; });
+      return logs.busy;
+    };
 
     showJob(job);
     loadCheckpoints();
     loadLogs();
     const onMetric = (row) => charts.add(row);
     for (const row of await allMetrics(id, 0)) { state.lastSeq = row.seq; onMetric(row); }
+    if (stop.signal.aborted) return; // left meanwhile
     if (!state.finished) {
       everyWhileVisible(5000, async () => { if (!state.finished) { await loadCheckpoints(); await loadLogs(); } });
       follow(id, state, { onMetric, onStatus: showJob }, stop.signal).catch(showError);
@@ -308,18 +371,23 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       ["Attempts", esc(job.attempts)],
     ];
     if (job.cancel_requested && !FINISHED.has(job.status)) facts.push(["Cancel", "requested; stops within this epoch"]);
+    if (job.stop_reason) facts.push(["Stopped", esc(job.stop_reason)]);
     if (job.error) facts.push(["Error", `<span class="error">${esc(job.error)}</span>`]);
-    document.getElementById("job-facts").innerHTML = facts.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
+    const dl = document.getElementById("job-facts");
+    dl.innerHTML = facts.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
+    paint(dl);
   }
 
   function renderStudents(job) {
-    document.getElementById("students").innerHTML = `
+    const table = document.getElementById("students");
+    table.innerHTML = `
       <thead><tr><th>Student</th><th>Architecture</th><th class="num">Best validation</th>
         <th class="num">at epoch</th><th class="num">Test there</th></tr></thead>
       <tbody>${job.students.map((s) => `<tr>
-        <td><span style="color:${COLORS[s.student % COLORS.length]}">■</span> ${s.student}</td><td>${esc(s.arch)}</td>
+        <td><span data-color="${COLORS[s.student % COLORS.length]}">■</span> ${s.student}</td><td>${esc(s.arch)}</td>
         <td class="num">${fmt(s.best_val)}</td><td class="num">${fmt(s.best_epoch, 0)}</td>
         <td class="num">${fmt(s.test_at_best)}</td></tr>`).join("")}</tbody>`;
+    paint(table);
   }
 
   function renderCheckpoints(listing) {
@@ -366,12 +434,12 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     }
   }
 
-  function renderLogs(body) {
+  function renderLogs({ lines, omitted }) {
     const pre = document.getElementById("logs");
     if (!pre) return;
-    const lines = body.lines || [];
+    const gap = omitted ? `<span class="muted">(${omitted} lines left out in the middle: the service keeps the first and the latest)</span>\n` : "";
     pre.innerHTML = lines.length
-      ? lines.map((l) => `<span class="${esc(l.level)}">${esc(when(l.created_at))} ${esc(l.level)} ${esc(l.message)}</span>`).join("\n")
+      ? gap + lines.map((l) => `<span class="${esc(l.level)}">${esc(when(l.created_at))} ${esc(l.level)} ${esc(l.message)}</span>`).join("\n")
       : "No log lines yet.";
     pre.scrollTop = pre.scrollHeight;
   }
@@ -381,16 +449,24 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   async function follow(id, state, handlers, signal) {
     const how = await streamEvents(id, state, handlers, signal);
     if (how === "no-stream" && !signal.aborted) await pollEvents(id, state, handlers, signal);
+    // rows stored after the last one the stream sent (a stream may say "finished" first): read them too
+    if (how === "done" && !signal.aborted) {
+      for (const row of await allMetrics(id, state.lastSeq)) { state.lastSeq = row.seq; handlers.onMetric(row); }
+    }
   }
 
   function dispatch(event, state, handlers) {
     if (!event.data.length) return;
     const data = JSON.parse(event.data.join("\n"));
     if (event.type === "metric") {
-      if (data.seq > state.lastSeq) { state.lastSeq = data.seq; handlers.onMetric(data); }
+      const seq = Number(data.seq ?? event.id); // the event's id is the metric row's seq
+      if (seq > state.lastSeq) { state.lastSeq = seq; handlers.onMetric(data); }
     } else if (event.type === "status") {
       handlers.onStatus(data);
       if (FINISHED.has(data.status)) state.finished = true;
+    } else if (event.type === "end") { // the last event: the job finished, or was deleted (status null)
+      state.finished = true;
+      if (!data.status) showError(new Error(data.reason || "the job is gone"));
     }
   }
 
@@ -414,7 +490,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       const reader = resp.body.getReader();
       const decoder = new TextDecoder();
       let buffer = "";
-      let event = { type: "message", data: [] };
+      let event = { type: "message", data: [], id: "" };
       try {
         for (;;) {
           const { value, done } = await reader.read();
@@ -427,7 +503,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
             buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
             if (line === "") {
               dispatch(event, state, handlers);
-              event = { type: "message", data: [] };
+              event = { type: "message", data: [], id: "" };
               if (state.finished) { reader.cancel().catch(() => {}); return "done"; }
               continue;
             }
@@ -438,6 +514,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
             if (value2.startsWith(" ")) value2 = value2.slice(1);
             if (field === "event") event.type = value2;
             else if (field === "data") event.data.push(value2);
+            else if (field === "id") event.id = value2;
           }
           failures = 0;
         }
@@ -449,13 +526,22 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     return "done";
   }
 
+  // The job first, then its rows: when it reads finished, every row it stored is in the second read.
   async function pollEvents(id, state, handlers, signal) {
-    while (!signal.aborted) {
-      const job = await api(`v1/jobs/${encodeURIComponent(id)}`, { signal });
-      for (const row of await allMetrics(id, state.lastSeq)) { state.lastSeq = row.seq; handlers.onMetric(row); }
-      handlers.onStatus(job);
-      if (FINISHED.has(job.status)) { state.finished = true; return; }
-      await sleep(2000, signal);
+    for (let failures = 0; !signal.aborted;) {
+      try {
+        const job = await api(`v1/jobs/${encodeURIComponent(id)}`, { signal });
+        for (const row of await allMetrics(id, state.lastSeq)) { state.lastSeq = row.seq; handlers.onMetric(row); }
+        handlers.onStatus(job);
+        if (failures) clearError();
+        failures = 0;
+        if (FINISHED.has(job.status)) { state.finished = true; return; }
+      } catch (e) {
+        if (signal.aborted || (e instanceof ApiError && e.status === 404)) throw e; // left, or the job is gone
+        showError(e); // a blip: keep following
+        failures++;
+      }
+      await sleep(failures ? backoff(failures) : 2000, signal);
     }
   }
 
@@ -527,7 +613,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
           </div>
         </div>
         <aside class="panel">
-          <h2 style="margin-top:0">Problems</h2>
+          <h2>Problems</h2>
           <p id="submit-message" class="muted">The job spec in YAML or JSON; the service checks it before anything is stored.</p>
           <ul class="field-errors" id="submit-errors"></ul>
         </aside>

@@ -46,6 +46,7 @@ FAST = {
     "state_every_seconds": 0.0,
     # tests read what a worker or the test itself just wrote; the poll cache has tests of its own
     "poll_cache_seconds": 0.0,
+    "events_poll_seconds": 0.1,  # event streams see worker writes within this long
     # one thread per worker: two cores are shared with the test process (and whatever else runs)
     "torch_threads": 1,
 }
@@ -206,11 +207,13 @@ class Service:
     engine: Engine
     workdir: Path
     workers: list[Worker] = field(default_factory=list)
+    key: str = ""  # the key this client sends (set by authorize), for clients of its own that tests make
 
     def authorize(self, tenant: str = "tests") -> str:
         """Make a key for `tenant` and send it with every request of this client from now on."""
         key = make_key(self.settings, tenant)
         self.client.headers.update(bearer(key))
+        self.key = key
         return key
 
     def authorize_other(self, tenant: str) -> str:

@@ -27,6 +27,13 @@ def live(service: Service) -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(autouse=True)
+def api_key(service: Service, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The commands read their key from the environment, as a user's shell provides it."""
+    monkeypatch.setenv("ALIGNAHEAD_API_KEY", service.key)
+    return service.key
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -78,6 +85,26 @@ def test_submit_wait_list_status_metrics_download(
     assert code == 1 and "no job with id" in err
 
 
+def test_jobs_by_tag_and_a_jobs_logs(live: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tag = f"cli{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(small_spec(epochs=1) | {"tags": [tag, "other"]}))
+    code, out, err = run(capsys, "submit", str(spec), "--wait", "--quiet", "--json", "--url", live)
+    assert code == 0, err
+    job = json.loads(out)
+    code, out, _ = run(capsys, "jobs", "--tag", tag, "--tag", "other", "--json", "--url", live)
+    assert code == 0 and [j["id"] for j in json.loads(out)] == [job["id"]]
+    code, out, _ = run(capsys, "jobs", "--tag", tag, "--status", "succeeded", "--url", live)
+    assert code == 0 and job["id"] in out and f"{tag},other" in out
+    code, out, err = run(capsys, "jobs", "--tag", tag, "--status", "failed", "--url", live)
+    assert code == 0 and job["id"] not in out and "no jobs matching" in err
+
+    code, out, _ = run(capsys, "logs", job["id"], "--url", live)
+    assert code == 0
+    assert f"INFO    alignahead.worker: job {job['id']}: attempt 1 on worker" in out
+    assert f"job {job['id']} ends succeeded" in out.splitlines()[-1]
+
+
 def test_bad_spec_prints_the_servers_message(live: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = small_spec()
     spec["students"][0]["arch"] = "transformer"
@@ -88,14 +115,20 @@ def test_bad_spec_prints_the_servers_message(live: str, tmp_path: Path, capsys: 
     assert "error:" in err and "students.0.arch" in err and "'gat', 'gcn' or 'sage'" in err and "HTTP 422" in err
 
 
-def test_the_cli_reads_the_environment_and_loads_neither_service_nor_torch(live: str) -> None:
+def test_a_wrong_key_prints_the_servers_message(live: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "jobs", "--url", live, "--api-key", "alh_0000_not-a-key")  # the flag wins
+    assert code == 1 and out == ""
+    assert "error:" in err and "the API key is unknown, revoked or malformed" in err and "HTTP 401" in err
+
+
+def test_the_cli_reads_the_environment_and_loads_neither_service_nor_torch(live: str, api_key: str) -> None:
     probe = (
         "import sys; from alignahead.cli import main; code = main(['jobs', '--json']); "
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'service', 'worker', 'torch', 'dgl'}); "
         "print(loaded, file=sys.stderr); sys.exit(code)"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
-    env |= {"ALIGNAHEAD_URL": live, "ALIGNAHEAD_API_KEY": "unused-until-auth", "PYTHONPATH": str(ROOT)}
+    env |= {"ALIGNAHEAD_URL": live, "ALIGNAHEAD_API_KEY": api_key, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert isinstance(json.loads(r.stdout), list)

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from svc_helpers import ROOT, Service, long_spec, npz_bytes, small_spec
 
 import alignahead
-from alignahead.client import Client, JobFailed, NotFound, RetryPolicy, ValidationFailed
+from alignahead.client import Client, JobFailed, NotFound, RetryPolicy, Unauthorized, ValidationFailed
 from alignahead.datasets import DatasetError
 from alignahead.trainer import score
 
@@ -36,8 +36,8 @@ def live(service: Service) -> Iterator[str]:
 
 
 @pytest.fixture
-def client(live: str) -> Iterator[Client]:
-    with Client(live, retry=RetryPolicy(attempts=4)) as c:
+def client(live: str, service: Service) -> Iterator[Client]:
+    with Client(live, api_key=service.key, retry=RetryPolicy(attempts=4)) as c:
         yield c
 
 
@@ -95,6 +95,23 @@ def test_submit_wait_metrics_download_and_reproduce_test_at_best(
         client.job(job.id)
 
 
+def test_jobs_by_name_and_tags(client: Client) -> None:
+    run = uuid.uuid4().hex[:8]
+    a = client.submit(small_spec(epochs=1) | {"tags": [f"c{run}", "big"]}, name=f"n{run}")
+    b = client.submit(small_spec(epochs=1) | {"tags": [f"c{run}"]}, name=f"n{run}-b")
+    assert a.tags == [f"c{run}", "big"] and a.name == f"n{run}"
+    assert [j.id for j in client.jobs(tag=f"c{run}")] == [b.id, a.id]
+    assert [j.id for j in client.jobs(tag=[f"c{run}", "big"])] == [a.id]
+    assert [j.id for j in client.jobs(name=f"n{run}", tag=f"c{run}")] == [a.id]
+    assert [j.tags for j in client.jobs(tag=f"c{run}")] == [[f"c{run}"], [f"c{run}", "big"]]
+    a.wait(progress=False)
+    b.wait(progress=False)
+    assert [j.id for j in client.jobs(status="succeeded", tag=f"c{run}")] == [b.id, a.id]
+    lines = a.logs()
+    assert lines[0]["logger"] == "alignahead.worker" and f"job {a.id}: attempt 1" in lines[0]["message"]
+    assert a.logs(since=lines[-2]["seq"]) == lines[-1:]
+
+
 def test_cancel_a_running_job(client: Client) -> None:
     job = client.submit(long_spec(epochs=300, num_nodes=1500))
     for event in job.events():  # wait for the first epoch's rows: it is running
@@ -130,6 +147,20 @@ def test_bad_spec_and_unknown_ids_show_the_servers_message(client: Client, tmp_p
         client.submit(path)
 
 
+def test_a_wrong_or_missing_key_shows_the_servers_message(live: str, client: Client) -> None:
+    job = client.submit(small_spec(epochs=1))
+    with Client(live, api_key="alh_0000_not-a-key", retry=RetryPolicy(attempts=2)) as wrong:
+        with pytest.raises(Unauthorized, match="the API key is unknown, revoked or malformed") as e:
+            wrong.job(job.id)
+        assert e.value.status_code == 401
+        with pytest.raises(Unauthorized, match="unknown, revoked or malformed"):
+            wrong.submit(small_spec(epochs=1))
+    with Client(live, api_key="", retry=RetryPolicy(attempts=2)) as anonymous:
+        with pytest.raises(Unauthorized, match="this endpoint needs an API key"):
+            list(anonymous.jobs())
+    job.wait(progress=False)
+
+
 def test_uploaded_graph_inference_and_a_failed_job(client: Client, service: Service, tmp_path: Path) -> None:
     f = tmp_path / "graph.npz"
     f.write_bytes(npz_bytes(n=90, classes=3, seed=1))
@@ -156,9 +187,9 @@ def test_uploaded_graph_inference_and_a_failed_job(client: Client, service: Serv
     assert failing.wait(progress=False, raise_on_failure=False).status == "failed"
 
 
-def test_quickstart_example_runs_as_written(live: str, client: Client, tmp_path: Path) -> None:
+def test_quickstart_example_runs_as_written(live: str, client: Client, service: Service, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
-    env |= {"ALIGNAHEAD_URL": live, "PYTHONPATH": str(ROOT)}
+    env |= {"ALIGNAHEAD_URL": live, "ALIGNAHEAD_API_KEY": service.key, "PYTHONPATH": str(ROOT)}
     script = ROOT / "examples" / "quickstart.py"
     r = subprocess.run(
         [sys.executable, str(script), "--out", "curves.png"], cwd=tmp_path, env=env, capture_output=True, text=True,

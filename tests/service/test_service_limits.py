@@ -110,8 +110,11 @@ def test_memory_estimate_refuses_what_cannot_fit(api: Service) -> None:
         assert client.post("/v1/jobs", json=small_spec()).status_code == 201  # a small one fits
 
 
+# ru_maxrss would count the parent's pages: vfork shares its memory until exec, so the child's
+# high-water mark starts at pytest's own size. VmHWM, reset on entry, is this process's alone.
 MEASURE = """
-import json, resource, sys
+import json, sys
+open("/proc/self/clear_refs", "w").write("5")
 import torch
 torch.set_num_threads(1)
 from alignahead.datasets import load_dataset
@@ -122,7 +125,7 @@ dataset = load_dataset(spec.dataset, seed=0)
 g = dataset.train[0]
 Trainer(spec, dataset).run()
 print(json.dumps([g.num_nodes(), g.num_edges(), dataset.num_features, dataset.num_classes,
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))
+                  int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024]))
 """
 
 

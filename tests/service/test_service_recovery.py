@@ -92,5 +92,12 @@ def test_warm_shutdown_hands_the_job_back(fresh: Service) -> None:
     second.wait_ready()
     done = fresh.wait(job["id"], timeout=180)
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    # the job's log tells the story across both workers, numbered on from the first attempt's lines
+    lines = fresh.client.get(f"/v1/jobs/{job['id']}/logs").json()["lines"]
+    assert [x["seq"] for x in lines] == list(range(1, len(lines) + 1))
+    story = "\n".join(x["message"] for x in lines)
+    steps = ["attempt 1 on worker", "handing the job back", "attempt 2 (of at most 3), resuming", "resumes after epoch"]
+    assert all(s in story for s in steps), story
+    assert [story.index(s) for s in steps] == sorted(story.index(s) for s in steps)
     rows = fresh.metrics(job["id"], limit=10_000)["rows"]
     assert sorted((r["epoch"], r["student"]) for r in rows) == [(e, s) for e in range(1, epochs + 1) for s in (0, 1)]

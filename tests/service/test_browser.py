@@ -1,0 +1,296 @@
+"""The browser pages in a real Chromium (Debian's `chromium` package, driven by Playwright): the API docs at
+/docs and /redoc, and the dashboard at / following a real job on the real worker.
+
+Every page runs with a guard that aborts and records any request leaving the service's origin, so a test
+fails if a page would need the network beyond the service (the pages must work on offline clusters).
+Screenshots go to `test-output/browser/` under the repository root (git-ignored), for people to look at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from client_helpers import LiveServer
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
+from svc_helpers import FINISHED, ROOT, Service, long_spec, make_key, small_spec
+
+CHROMIUM = shutil.which("chromium")
+SCREENSHOTS = ROOT / "test-output" / "browser"
+TIMEOUT_MS = 90_000  # two shared cores: a page waits on a worker that trains
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.parametrize("service", ["embedded"], indirect=True),
+    pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH (Debian: apt-get install chromium)"),
+]
+
+
+class OffsiteGuard:
+    """Records what a page asks of origins other than the service's: requests that reached the network
+    layer (aborted here, so nothing leaves), requests that completed, and the console's errors."""
+
+    def __init__(self, page: Page, origin: str) -> None:
+        self.origin = origin
+        self.routed: list[str] = []
+        self.finished: list[str] = []
+        self.errors: list[str] = []
+        page.route("**/*", self._route)
+        page.on("requestfinished", lambda r: None if self._own(r.url) else self.finished.append(r.url))
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        # an HTTP error answer is logged as "Failed to load resource"; the pages handle those themselves
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.errors.append(message.text)
+
+    def _own(self, url: str) -> bool:
+        return url == self.origin or url.startswith(self.origin + "/") or url.startswith(("data:", "blob:"))
+
+    def _route(self, route: Route) -> None:
+        if self._own(route.request.url):
+            route.continue_()
+        else:
+            self.routed.append(route.request.url)
+            route.abort()
+
+    def assert_offline(self) -> None:
+        assert self.routed == [] and self.finished == [], (self.routed, self.finished)
+
+
+@pytest.fixture(scope="module")
+def live(service: Service) -> Iterator[str]:
+    with LiveServer(service.settings) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, live: str) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def guard(page: Page, live: str) -> OffsiteGuard:
+    return OffsiteGuard(page, live)
+
+
+def _csp(service: Service, path: str) -> str:
+    r = service.client.get(path)
+    assert r.status_code == 200, r.text
+    policy = r.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and not re.search(r"https?:|\*", policy), policy
+    return policy
+
+
+def test_swagger_ui_renders_offline(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
+    policy = _csp(service, "/docs")
+    bundle = service.client.get("/static/vendor/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["cache-control"] == "no-cache"  # revalidated, never stale
+    again = service.client.get(bundle.url, headers={"If-None-Match": bundle.headers["etag"]})
+    assert again.status_code == 304  # a check costs no bytes
+    assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]  # its inline script by hash
+    page.goto(f"{live}/docs")
+    page.get_by_text("/v1/jobs/{job_id}/cancel").wait_for()
+    assert page.locator(".opblock").count() >= 10  # every operation, datasets and health included
+    assert page.get_by_role("button", name="Authorize").is_visible()  # the bearer scheme is in the spec
+    guard.assert_offline()
+    assert guard.errors == []  # nothing refused by the policy: the inline script's hash matches
+
+
+def test_redoc_renders_offline(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
+    _csp(service, "/redoc")
+    page.goto(f"{live}/redoc")
+    page.get_by_role("heading", name="Submit Job").first.wait_for()
+    assert page.get_by_text("/v1/jobs/{job_id}/metrics").count() >= 1
+    guard.assert_offline()
+    # ReDoc's sidebar logo is a hard-coded CDN image: the policy blocks it before any network use (so the
+    # guard never sees it); that refusal is the only error allowed
+    assert all("img-src" in e and "cdn.redoc.ly" in e for e in guard.errors), guard.errors
+
+
+def _sign_in(page: Page, live: str, key: str, wrong_first: bool = False) -> None:
+    """Open the dashboard with an empty session: it asks for the key once and keeps it in sessionStorage."""
+    page.goto(f"{live}/")
+    page.locator("#key-dialog[open]").wait_for()
+    page.locator("#key-error").get_by_text("this endpoint needs an API key").wait_for()  # the service's words
+    if wrong_first:  # the service's refusal is shown and the dialog stays until a key works
+        page.fill("#key-input", "alh_000000000000_" + "x" * 43)
+        page.click("#key-save")
+        page.locator("#key-error").get_by_text("the API key is unknown, revoked or malformed").wait_for()
+        assert page.locator("#key-dialog[open]").count() == 1
+    page.fill("#key-input", key)
+    page.click("#key-save")
+    page.locator("#key-dialog[open]").wait_for(state="detached")
+    assert page.evaluate("sessionStorage.getItem('alignahead.apiKey')") == key
+
+
+POINTS = "+(document.querySelector(\".chart[data-metric='val_score']\")?.dataset.points ?? 0)"  # epochs drawn
+
+
+def _points(page: Page, metric: str) -> int:
+    return int(page.get_attribute(f".chart[data-metric='{metric}']", "data-points") or 0)
+
+
+def test_dashboard_follows_a_running_job_and_cancels_it(
+    page: Page, guard: OffsiteGuard, live: str, service: Service
+) -> None:
+    """Jobs table -> job page whose four charts grow while the job trains, fed by the events stream ->
+    cancel from the page (polling, the fallback, is followed in the two tests below).
+
+    Saves `test-output/browser/jobs.png`, `job-running.png` (the job page mid-run) and `job-cancelled.png`."""
+    assert "'unsafe-inline'" not in _csp(service, "/")  # the dashboard has no inline script or style
+    job = service.submit(long_spec(epochs=10_000, num_nodes=1500))  # minutes of epochs; cancelled below
+    try:
+        service.wait(job["id"], until=lambda j: j["status"] == "running", timeout=120)
+        _sign_in(page, live, make_key(service.settings, "tests"), wrong_first=True)
+
+        row = page.locator(f"tr[data-job='{job['id']}']")
+        row.locator(".status.running").wait_for()
+        cells = row.locator("td").all_inner_texts()
+        assert cells[2] == "synthetic" and cells[3] == "gcn, gcn" and re.search(r"\d+/10000", cells[4]), cells
+        # the table keeps itself up to date: the job's progress moves on without a reload
+        done_then = int(re.search(r"(\d+)/10000", cells[4]).group(1))
+        progress = f"document.querySelector(\"tr[data-job='{job['id']}'] td:nth-child(5) .muted\").textContent"
+        page.wait_for_function(f"() => parseInt({progress}) > {done_then}")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "jobs.png")
+        # what the job page asks for from here on: its events stream and its metrics reads
+        job_url = f"{live}/v1/jobs/{job['id']}"
+        streams, polls = [], []
+        page.on("response", lambda r: streams.append(r) if r.url == f"{job_url}/events" else None)
+        page.on("request", lambda r: polls.append(r.url) if r.url.startswith(f"{job_url}/metrics") else None)
+        row.locator("a").click()
+        assert page.url.endswith(f"#/jobs/{job['id']}")
+
+        # the curves: a line per student in each of the four charts, growing as epochs arrive
+        # wait_for_function takes functions, not expressions: the page's policy forbids eval
+        page.wait_for_function("() => document.querySelectorAll('.chart[data-points]').length === 4")
+        seen = _points(page, "val_score")
+        page.wait_for_function(f"() => {POINTS} >= {seen + 3}")
+        for metric in ("task_loss", "distill_loss", "val_score", "test_score"):
+            assert _points(page, metric) > seen, metric
+        assert page.locator(".chart[data-metric='val_score'] .u-legend .u-series").count() == 3  # epoch + 2
+        page.locator("#job-status .status.running").wait_for()
+        page.locator("#logs").get_by_text(f"job {job['id']}: attempt 1 on worker").wait_for()  # its worker's log
+        # the rows came by the stream: one metrics read when the page opened, no polling since
+        assert streams and all(r.status == 200 for r in streams), [r.status for r in streams]
+        assert all(r.headers["content-type"].startswith("text/event-stream") for r in streams)
+        assert len(polls) == 1, polls
+        page.screenshot(path=SCREENSHOTS / "job-running.png", full_page=True)
+
+        page.click("#cancel")
+        done = service.wait(job["id"], timeout=120)
+        assert done["status"] == "cancelled", done
+        page.locator("#job-status .status.cancelled").wait_for()
+        assert page.locator("#cancel").is_hidden()
+        # every epoch the job stored is drawn, and nothing more
+        epochs = {r["epoch"] for r in service.metrics(job["id"], limit=10_000)["rows"]}
+        assert len(epochs) == done["progress"]["epoch"]
+        page.wait_for_function(f"() => {POINTS} === {len(epochs)}")
+        page.screenshot(path=SCREENSHOTS / "job-cancelled.png", full_page=True)
+        guard.assert_offline()
+        assert guard.errors == [], guard.errors  # the policy refused nothing, no script failed
+    finally:
+        if service.job(job["id"])["status"] not in FINISHED:
+            service.client.post(f"/v1/jobs/{job['id']}/cancel")
+            service.wait(job["id"], timeout=120)
+
+
+def test_job_page_polls_through_an_outage(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
+    """Where the service has no events stream (answered 404 here) the job page polls; when the network
+    goes, it says so and keeps trying, and once it is back the curves grow again and the notice goes."""
+    page.route("**/v1/jobs/*/events", lambda route: route.fulfill(status=404, json={"detail": "no such endpoint"}))
+    job = service.submit(long_spec(epochs=10_000, num_nodes=1500))
+    try:
+        service.wait(job["id"], until=lambda j: j["status"] == "running", timeout=120)
+        _sign_in(page, live, make_key(service.settings, "tests"))
+        page.goto(f"{live}/#/jobs/{job['id']}")
+        page.wait_for_function(f"() => {POINTS} > 0")
+
+        page.context.set_offline(True)
+        page.locator("#page-error").wait_for()  # "Failed to fetch": the page says it lost the service
+        before = _points(page, "val_score")
+        page.context.set_offline(False)
+        page.locator("#page-error").wait_for(state="detached")
+        page.wait_for_function(f"() => {POINTS} > {before + 3}")
+        page.locator("#job-status .status.running").wait_for()
+        guard.assert_offline()
+    finally:
+        service.client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert service.wait(job["id"], timeout=120)["status"] == "cancelled"
+
+
+def test_dashboard_form_shows_field_errors_and_submits(
+    page: Page, guard: OffsiteGuard, live: str, service: Service, tmp_path: Path
+) -> None:
+    """A bad spec: the server's message next to the field; a good one: its job page, then its checkpoints
+    download through the page, verified. The job page polls here (no events stream).
+    Saves `test-output/browser/submit-field-error.png`."""
+    # this page follows its job by polling: the events stream answers 404 here, as a service without it does
+    page.route("**/v1/jobs/*/events", lambda route: route.fulfill(status=404, json={"detail": "no such endpoint"}))
+    # the key dialog put away unanswered: the page says what it needs, and the key can be given later
+    page.goto(f"{live}/")
+    page.locator("#key-dialog[open]").wait_for()
+    page.keyboard.press("Escape")
+    page.locator("#page-error").get_by_text("this page needs an API key").wait_for()
+    page.click("#key-button")
+    page.fill("#key-input", make_key(service.settings, "tests"))
+    page.click("#key-save")
+    page.locator("#jobs tbody").get_by_text("Loading…").wait_for(state="detached")  # loaded with the key
+    assert page.locator("#page-error").count() == 0
+    page.click("a[data-nav='new']")
+
+    bad = small_spec(epochs=3)
+    bad["training"]["epochs"] = 0
+    expected = service.client.post("/v1/jobs", json=bad).json()["errors"]
+    assert [e["loc"] for e in expected] == [["body", "training", "epochs"]]
+    page.fill("#spec", "# YAML\n" + json.dumps(bad))
+    page.click("#submit-button")
+    field = page.locator("#submit-errors li[data-loc='training.epochs']")
+    field.wait_for()
+    assert expected[0]["msg"] in field.inner_text()
+    assert page.locator("#spec.invalid").count() == 1
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "submit-field-error.png")
+
+    page.fill("#spec", "dataset: [unclosed")  # not even YAML: said before anything is sent
+    page.click("#submit-button")
+    page.get_by_text("Not valid YAML or JSON").wait_for()
+
+    page.fill("#spec", json.dumps(small_spec(epochs=3), indent=2))
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"#/jobs/[A-Za-z0-9_-]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    page.locator("#job-status .status.succeeded").wait_for()
+    assert service.job(job_id)["status"] == "succeeded"
+    page.wait_for_function(f"() => {POINTS} === 3")  # every epoch drawn
+
+    listing = service.client.get(f"/v1/jobs/{job_id}/checkpoints").json()
+    buttons = page.locator("#checkpoints button[data-url]")
+    buttons.first.wait_for()
+    assert buttons.count() == 4  # best and final of both students
+    with page.expect_download() as info:
+        buttons.first.click()
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == listing["students"][0]["best"]["sha256"]
+    guard.assert_offline()
+    assert guard.errors == [], guard.errors
