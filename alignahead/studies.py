@@ -90,7 +90,7 @@ def check_path(path: str) -> None:
         annotation = fields[part].annotation
         item = _list_item_model(annotation)
         if item is not None and i + 1 < len(parts):
-            if not parts[i + 1].isdigit():
+            if not (parts[i + 1].isascii() and parts[i + 1].isdigit()):
                 raise StudyError(["axes", path], f"unknown spec path {path!r}: {part!r} is a list; index it, "
                                  f"e.g. {'.'.join(parts[: i + 1])}.0.{parts[i + 1]}")  # fmt: skip
             model, i = item, i + 2
@@ -134,7 +134,7 @@ def get_path(data: Any, path: str) -> Any:
     node = data
     for part in path.split("."):
         if isinstance(node, list):
-            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            node = node[int(part)] if part.isascii() and part.isdigit() and int(part) < len(node) else None
         elif isinstance(node, dict):
             node = node.get(part)
         else:

@@ -71,7 +71,7 @@ class Guards:
             f"the JSON body is larger than {limit} bytes (ALIGNAHEAD_MAX_JSON_BYTES); a job spec is a few hundred"
         )
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
+        if length.isascii() and length.isdigit() and int(length) > limit:
             raise too_large
         chunks, size = [], 0
         while True:

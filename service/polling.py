@@ -67,7 +67,7 @@ class PollCache:
 
 def _int(text: str, low: int, high: int) -> int | None:
     """A plain decimal integer within [low, high]; None for anything FastAPI would have to judge."""
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         return None
     value = int(text)
     return value if low <= value <= high else None

@@ -29,7 +29,7 @@ def _too_large(max_bytes: int) -> TooLarge:
 async def read_file_field(request: Request, max_bytes: int, field: str = "file") -> tuple[bytes, str | None]:
     """The bytes and filename of the multipart field `field`, refusing more than max_bytes."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
+    if length.isascii() and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
         raise _too_large(max_bytes)
     received = 0
 

@@ -60,6 +60,7 @@ def test_expand_every_combination_for_every_seed_in_order() -> None:
         ({"distillation.strategi": ["none"]}, 1, ["axes", "distillation.strategi"], ["no field 'strategi'"]),
         ({"students.arch": ["gcn"]}, 1, ["axes", "students.arch"], ["students.0.arch"]),
         ({"students.5.arch": ["gcn"]}, 1, ["axes", "students.5.arch"], ["only 1"]),
+        ({"students.\u00b3.arch": ["gcn"]}, 1, ["axes", "students.\u00b3.arch"], ["is a list; index it"]),
         ({"distillation.tau": [1.0, -2.0]}, 1, ["axes", "distillation.tau"], ["tau=-2.0"]),
         ({"students.0.count": [1]}, 1, ["axes", "students.0.count"], ["count=1", "at least 2 students"]),
         ({"training.seed": [1]}, 1, ["axes", "training.seed"], ["seeds"]),

@@ -71,6 +71,7 @@ def test_fast_path_gives_the_routes_bytes(api: Service) -> None:
         ("/v1/jobs/{id}/metrics", {"since": -1}, 422),
         ("/v1/jobs/{id}/metrics", {"since": 2**63}, 422),
         ("/v1/jobs/{id}/metrics", {"limit": 0}, 422),
+        ("/v1/jobs/{id}/metrics", {"since": "\u00b3"}, 422),  # a digit to str.isdigit, not to int()
         ("/v1/jobs/{id}/metrics", {"stduent": 1}, 422),  # unknown parameter
         ("/v1/jobs/{id}", {"x": 1}, 422),
         ("/v1/jobs/0123456789abcdef0123456789abcdef", None, 404),
