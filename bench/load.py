@@ -1,14 +1,15 @@
 """Load: the API on PostgreSQL with a realistic history, 50 polling clients and a stream of submissions.
 
     python bench/load.py [--jobs 400] [--epochs 400] [--clients 50] [--seconds 30] [--submit-rate 5]
-                         [--api-workers 1]
+                         [--api-workers 1] [--poll-rate 0]
 
 Builds a temporary PostgreSQL database with `--jobs` finished jobs of `--epochs` epochs x 2 students
 (400 x 400 x 2 = 320,000 metric rows by default), plus 10 "running" jobs that gain rows at 4 epochs/s as
 if workers trained them; serves the API with uvicorn (`--api-workers` processes); then runs the load
 client in a second process (asyncio, keep-alive HTTP/1.1 connections): `--clients` pollers, each following one job as a
 script does (`GET /v1/jobs/{id}`, then `GET /v1/jobs/{id}/metrics?since=<last seq>`, again and
-again), plus submissions at `--submit-rate` per second (no workers run: submitted jobs stay queued).
+again, back to back, or paced so that all of them together make `--poll-rate` requests/s), plus
+submissions at `--submit-rate` per second (no workers run: submitted jobs stay queued).
 Prints throughput, p50/p99 latency per kind of request, and errors. Targets on our 2-core machine:
 polling >= 1,000 requests/s with p99 < 50 ms and no errors; submission p99 < 100 ms.
 """
@@ -64,7 +65,7 @@ class Connection:
 
 
 def client_main(url: str, key: str, job_ids: list[str], since: dict[str, int], clients: int, seconds: float,
-                submit_rate: float, spec: dict) -> None:  # fmt: skip
+                submit_rate: float, spec: dict, poll_rate: float = 0.0) -> None:  # fmt: skip
     """The load client (its own process): prints one JSON line of results."""
     host, port = url.removeprefix("http://").split(":")
     latencies: dict[str, list[float]] = {"job": [], "metrics": [], "submit": []}
@@ -77,10 +78,14 @@ def client_main(url: str, key: str, job_ids: list[str], since: dict[str, int], c
             label = f"{kind}:{status if status is not None else what}"
             errors[label] = errors.get(label, 0) + 1
 
-    async def poller(job_id: str, stop: float) -> None:
+    async def poller(job_id: str, stop: float, offset: float) -> None:
         conn = Connection(host, int(port), key)
         cursor = since[job_id]
+        interval = 2 * clients / poll_rate if poll_rate > 0 else 0.0  # a (job, metrics) pair per interval
+        nxt = time.perf_counter() + offset * interval  # clients spread over the interval, not in step
         while time.perf_counter() < stop:
+            await asyncio.sleep(max(0.0, nxt - time.perf_counter()))
+            nxt += interval
             for kind, path in (("job", f"/v1/jobs/{job_id}"), ("metrics", f"/v1/jobs/{job_id}/metrics?since={cursor}")):
                 t0 = time.perf_counter()
                 try:
@@ -110,7 +115,7 @@ def client_main(url: str, key: str, job_ids: list[str], since: dict[str, int], c
     async def run() -> float:
         stop = time.perf_counter() + seconds
         t0 = time.perf_counter()
-        tasks = [poller(job_ids[i % len(job_ids)], stop) for i in range(clients)]
+        tasks = [poller(job_ids[i % len(job_ids)], stop, i / clients) for i in range(clients)]
         if submit_rate > 0:
             tasks.append(submitter(stop))
         await asyncio.gather(*tasks)
@@ -190,6 +195,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--submit-rate", type=float, default=5.0)
     p.add_argument("--api-workers", type=int, default=1)
+    p.add_argument("--poll-rate", type=float, default=0.0,
+                   help="polling requests/s in all (paced); 0: every client polls back to back")  # fmt: skip
     p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run as the load client
     args = p.parse_args()
     if args.client:
@@ -254,7 +261,7 @@ def main() -> int:
             grower.start()
             cfg = {"url": f"http://127.0.0.1:{port}", "key": key, "job_ids": targets, "since": since,
                    "clients": args.clients, "seconds": args.seconds, "submit_rate": args.submit_rate,
-                   "spec": small_spec(epochs=5)}  # fmt: skip
+                   "poll_rate": args.poll_rate, "spec": small_spec(epochs=5)}  # fmt: skip
             cfg_path = folder / "client.json"
             cfg_path.write_text(json.dumps(cfg))
             out = subprocess.run([sys.executable, __file__, "--client", str(cfg_path)], capture_output=True, text=True,
@@ -271,7 +278,9 @@ def main() -> int:
     wall, lat, errors = result["wall"], result["latencies"], result["errors"]
     polls = lat["job"] + lat["metrics"]
     print(
-        f"load: {args.clients} polling clients + {args.submit_rate:g} submissions/s for {wall:.1f} s, "
+        f"load: {args.clients} polling clients"
+        + (f" paced at {args.poll_rate:g} requests/s" if args.poll_rate else "")
+        + f" + {args.submit_rate:g} submissions/s for {wall:.1f} s, "
         f"{args.api_workers} API process(es), PostgreSQL with {rows:,} metric rows over {args.jobs + 10} jobs"
     )
     print(f"{'requests':<22}{'count':>8}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}")
