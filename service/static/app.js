@@ -720,8 +720,10 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       try {
         study = await api(path);
       } catch (e) {
-        if (e instanceof ApiError && e.status === 404) stopPolling(); // deleted: nothing more to follow
-        throw e;
+        if (!(e instanceof ApiError && e.status === 404)) throw e;
+        stopPolling(); // deleted: nothing more to follow
+        showError(e);
+        return;
       }
       const jobs = await studyJobs(study);
       if (mine !== visit) return;
@@ -757,8 +759,10 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       }
     });
 
-    show(state.study, await studyJobs(state.study));
-    if (mine === visit && !state.study.done) stopPolling = everyWhileVisible(3000, refresh);
+    const jobs = await studyJobs(state.study);
+    if (mine !== visit) return; // left meanwhile
+    show(state.study, jobs);
+    if (!state.study.done) stopPolling = everyWhileVisible(3000, refresh);
   }
 
   function renderStudyFacts(study, jobs) {
