@@ -798,6 +798,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     const table = document.getElementById("study-table");
     if (!table) return;
     const hasBaseline = STRATEGY in study.axes && study.axes[STRATEGY].includes("none");
+    const compare = hasBaseline || study.table.some((r) => r.test_at_best.vs_baseline); // else no Δ, p columns
     document.getElementById("study-method").textContent = `Only succeeded jobs count. Scores in percent; mean ± sample std over seeds.${
       hasBaseline ? ` Δ: the mean difference to the cell with strategy none and the other axes equal, paired by seed, in percentage points, with its ${Math.round(100 * study.confidence)}% confidence interval and the ${study.test}'s p-value.` : ""}`;
     const cells = cellsOf(study.table);
@@ -812,9 +813,9 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
         : baseline ? `<span class="muted">baseline</span>` : "–";
       return `<td class="num" data-metric="${key}-n">${m.n}</td>
         <td class="num" data-metric="${key}"><span class="mean" data-value="${m.mean ?? ""}">${pct(m.mean)}</span>${
-          m.std !== null ? ` <span class="muted">± ${pct(m.std)}</span>` : ""}</td>
+          m.std !== null ? ` <span class="muted">± ${pct(m.std)}</span>` : ""}</td>${compare ? `
         <td class="num" data-metric="${key}-diff">${diff}</td>
-        <td class="num" data-metric="${key}-p">${vs ? pValue(vs.p_value) : "–"}</td>`;
+        <td class="num" data-metric="${key}-p">${vs ? pValue(vs.p_value) : "–"}</td>` : ""}`;
     };
     let previous = null;
     const rows = study.table.map((r) => {
@@ -825,12 +826,14 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
         <td><span data-color="${COLORS[r.student % COLORS.length]}">■</span> ${r.student}</td>
         <td class="num">${r.succeeded}/${r.jobs}</td>${stats(r, "test_at_best")}${stats(r, "best_val")}</tr>`;
     });
-    const sub = `<th class="num">n</th><th class="num">mean ± std</th><th class="num">Δ vs none [CI]</th><th class="num">p</th>`;
+    const sub = `<th class="num">n</th><th class="num">mean ± std</th>${
+      compare ? `<th class="num">Δ vs none [${Math.round(100 * study.confidence)}% CI]</th><th class="num">p-value</th>` : ""}`;
+    const width = compare ? 4 : 2;
     table.innerHTML = `<thead>
         <tr><th rowspan="2">Cell</th><th rowspan="2">Student</th><th rowspan="2" class="num">Succeeded</th>
-          ${METRICS.map(([, title]) => `<th colspan="4" class="group">${title} (%)</th>`).join("")}</tr>
+          ${METRICS.map(([, title]) => `<th colspan="${width}" class="group">${title} (%)</th>`).join("")}</tr>
         <tr>${sub}${sub}</tr></thead>
-      <tbody>${rows.join("") || `<tr><td colspan="11" class="muted">No cells.</td></tr>`}</tbody>`;
+      <tbody>${rows.join("") || `<tr><td colspan="${3 + 2 * width}" class="muted">No cells.</td></tr>`}</tbody>`;
     table.dataset.cells = String(cells.size);
     paint(table);
   }
