@@ -332,7 +332,7 @@ def test_study_page_shows_the_table_and_chart_of_a_study(
     """Studies list -> a study of 3 seeds x strategy [none, alignahead] followed while its jobs run, until
     its table has every cell at n=3 and its chart a point per cell and student; the page's numbers are the
     API's, formatted; its CSV downloads through the page and its job links open the job page.
-    Saves `test-output/browser/study.png`."""
+    Saves `test-output/browser/studies.png` and `study.png`."""
     seeds = 3
     body = {
         "name": "browser-study",
@@ -346,6 +346,9 @@ def test_study_page_shows_the_table_and_chart_of_a_study(
         page.click("a[data-nav='studies']")
         row = page.locator(f"tr[data-study='{study['id']}']")
         assert row.locator("a").inner_text() == "browser-study"
+        assert re.search(r"\d/6$", row.locator("td:nth-child(3)").inner_text()), row.inner_text()  # finished jobs
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "studies.png")
         row.locator("a").click()
         assert page.url.endswith(f"#/studies/{study['id']}")
 
