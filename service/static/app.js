@@ -1,6 +1,7 @@
 // The alignahead dashboard: plain JavaScript, no build step. Talks only to the service that serves it
 // (relative URLs), with the API key from this tab's session storage in an Authorization header, never
-// in a URL. Pages, by hash route: #/ (jobs), #/jobs/ID (one job, live), #/new (submit a spec).
+// in a URL. Pages, by hash route: #/ (jobs), #/jobs/ID (one job, live), #/new (submit a spec),
+// #/studies (studies), #/studies/ID (one study: its results table and chart, refreshed while it runs).
 "use strict";
 
 (() => {
@@ -174,9 +175,11 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     pageStops.splice(0).forEach((stop) => stop());
     const hash = location.hash || "#/";
     const job = hash.match(/^#\/jobs\/([A-Za-z0-9_-]+)$/);
-    const page = job ? "job" : hash === "#/new" ? "new" : "jobs";
+    const study = hash.match(/^#\/studies\/([A-Za-z0-9_-]+)$/);
+    const page = job ? "job" : study || hash === "#/studies" ? "studies" : hash === "#/new" ? "new" : "jobs";
     document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === page));
-    const run = job ? jobPage(job[1]) : page === "new" ? submitPage() : jobsPage();
+    const run = job ? jobPage(job[1]) : study ? studyPage(study[1]) : page === "studies" ? studiesPage()
+      : page === "new" ? submitPage() : jobsPage();
     run.catch(showError);
   }
 
@@ -192,7 +195,7 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
   }
 
   // A refresh that fails (the service restarting, a network blip) says so and tries again, less often,
-  // until it works.
+  // until it works. Returns a function that stops it (leaving the page stops it too).
   function everyWhileVisible(ms, fn) {
     let stopped = false;
     let failures = 0;
@@ -212,7 +215,9 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
       if (!stopped) timer = setTimeout(tick, failures ? Math.max(ms, backoff(failures)) : ms);
     };
     let timer = setTimeout(tick, ms);
-    pageStops.push(() => { stopped = true; clearTimeout(timer); });
+    const stop = () => { stopped = true; clearTimeout(timer); };
+    pageStops.push(stop);
+    return stop;
   }
 
   // --- jobs table ---------------------------------------------------------------------------------
@@ -421,17 +426,21 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
         const hex = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
         if (hex !== button.dataset.sha) throw new Error(`download corrupted: sha256 ${hex} is not the listed ${button.dataset.sha}`);
       }
-      const a = document.createElement("a");
-      a.href = URL.createObjectURL(blob);
-      a.download = button.dataset.name;
-      document.body.appendChild(a);
-      a.click();
-      setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+      saveBlob(blob, button.dataset.name);
     } catch (e) {
       showError(e);
     } finally {
       button.disabled = false;
     }
+  }
+
+  function saveBlob(blob, name) {
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   }
 
   function renderLogs({ lines, omitted }) {
@@ -596,6 +605,360 @@ training: {epochs: 30, lr: 0.01, seed: 0, device: cpu}
     destroy() {
       window.removeEventListener("resize", this.onResize);
       this.plots.forEach(({ plot }) => plot.destroy());
+    }
+  }
+
+  // --- studies: one spec over seeds and a grid of values, and the table that compares the cells ------
+
+  const STRATEGY = "distillation.strategy";
+  const METRICS = [["test_at_best", "Test score at best validation"], ["best_val", "Best validation score"]];
+  // scores (accuracy, micro-F1) are fractions: shown in percent, their differences in percentage points
+  const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(1));
+  const signedPp = (v) => (v === null || v === undefined ? "–" : `${v < 0 ? "−" : "+"}${Math.abs(100 * v).toFixed(1)}`);
+  const pValue = (p) => (p === null || p === undefined ? "–" : p < 0.001 ? "< 0.001" : p.toFixed(3));
+  const showValue = (v) => (typeof v === "string" ? v : JSON.stringify(v));
+  // `strategy=none alpha=0.5`, as the service names the study's jobs
+  const cellLabel = (cell) => Object.entries(cell).map(([p, v]) => `${p.split(".").pop()}=${showValue(v)}`).join(" ") || "all runs";
+  const finishedCount = (counts) => [...FINISHED].reduce((n, s) => n + (counts[s] || 0), 0);
+
+  function countBadges(counts) {
+    const shown = STATUSES.filter((s) => counts[s]);
+    return shown.length ? `<span class="counts">${shown.map((s) =>
+      `<span class="status ${s}" data-count="${s}">${s} ${counts[s]}</span>`).join(" ")}</span>` : `<span class="muted">no jobs</span>`;
+  }
+
+  async function studiesPage() {
+    view.innerHTML = `
+      <h1>Studies</h1>
+      <p class="muted">A study runs one spec for several seeds and every combination of a few spec values, one job
+        each, and compares the cells (<code>POST v1/studies</code> or <code>alignahead study</code>; see the API docs).
+        <span id="studies-note"></span></p>
+      <table id="studies">
+        <thead><tr><th>Name</th><th>Jobs</th><th>Finished</th><th>Created</th><th></th></tr></thead>
+        <tbody><tr><td colspan="5" class="muted">Loading…</td></tr></tbody>
+      </table>`;
+    const mine = visit;
+    const refresh = async () => {
+      const page = await api("v1/studies?limit=50");
+      const body = document.querySelector("#studies tbody");
+      if (!body || mine !== visit) return;
+      body.innerHTML = page.studies.length ? page.studies.map(studyRow).join("")
+        : `<tr><td colspan="5" class="muted">No studies yet.</td></tr>`;
+      paint(body);
+      document.getElementById("studies-note").textContent = page.next_cursor ? "The 50 newest." : "";
+    };
+    await refresh();
+    if (mine === visit) everyWhileVisible(3000, refresh);
+  }
+
+  function studyRow(study) {
+    const link = `#/studies/${encodeURIComponent(study.id)}`;
+    return `<tr data-study="${esc(study.id)}">
+      <td><a href="${link}">${study.name ? esc(study.name) : "unnamed"}</a><div class="muted mono">${esc(study.id.slice(0, 8))}</div></td>
+      <td>${countBadges(study.counts)}</td>
+      <td>${progressBar({ progress: { epoch: finishedCount(study.counts), total: study.jobs } })}</td>
+      <td>${when(study.created_at)}</td>
+      <td>${study.done ? "" : `<span class="live">live</span>`}</td></tr>`;
+  }
+
+  // every job of a study (the listing pages by 1000), in the study's order: cell by cell, seeds within
+  async function studyJobs(study) {
+    const found = new Map();
+    let cursor = "";
+    for (let pages = 0; pages < 100; pages++) {
+      const page = await api(`v1/jobs?study=${encodeURIComponent(study.id)}&limit=1000${cursor}`);
+      page.jobs.forEach((j) => found.set(j.id, j));
+      if (!page.next_cursor) break;
+      cursor = `&cursor=${encodeURIComponent(page.next_cursor)}`;
+    }
+    return study.job_ids.map((id) => found.get(id)).filter(Boolean);
+  }
+
+  async function studyPage(id) {
+    const path = `v1/studies/${encodeURIComponent(id)}`;
+    view.innerHTML = `<p class="muted">Loading study ${esc(id)}…</p>`;
+    const mine = visit;
+    const state = { study: await api(path), jobs: [] };
+    if (mine !== visit) return;
+    view.innerHTML = `
+      <h1><span id="study-title"></span> <span id="study-live"></span>
+        <button type="button" id="study-csv" class="secondary">Download CSV</button>
+        <button type="button" id="study-cancel" class="danger" hidden>Cancel study</button></h1>
+      <div class="panel"><dl class="facts" id="study-facts"></dl></div>
+      <h2>Results</h2>
+      <p class="muted" id="study-method"></p>
+      <div class="scroll"><table id="study-table" class="results"></table></div>
+      <h2>Mean ± std per cell</h2>
+      <div class="toolbar"><label>Metric <select id="study-metric">
+        ${METRICS.map(([key, title]) => `<option value="${key}">${title}</option>`).join("")}</select></label>
+        <span class="muted">in percent; the bars are ± one standard deviation over seeds</span></div>
+      <div class="chart" id="study-chart"></div>
+      <h2>Jobs</h2><table id="study-jobs"><tbody><tr><td class="muted">Loading…</td></tr></tbody></table>`;
+
+    const chart = new StudyChart(document.getElementById("study-chart"));
+    pageStops.push(() => chart.destroy());
+    const metric = document.getElementById("study-metric");
+    metric.addEventListener("change", () => chart.show(state.study, metric.value));
+
+    const show = (study, jobs) => {
+      state.study = study;
+      state.jobs = jobs;
+      document.getElementById("study-title").textContent = study.name || `Study ${study.id.slice(0, 8)}`;
+      document.getElementById("study-live").innerHTML = study.done ? "" : `<span class="live">live</span>`;
+      const unfinished = jobs.filter((j) => !FINISHED.has(j.status));
+      const cancel = document.getElementById("study-cancel");
+      cancel.hidden = study.done || (unfinished.length > 0 && unfinished.every((j) => j.cancel_requested));
+      renderStudyFacts(study, jobs);
+      renderResults(study);
+      chart.show(study, metric.value);
+      renderStudyJobs(jobs);
+    };
+
+    let stopPolling = () => {};
+    const refresh = async () => {
+      let study;
+      try {
+        study = await api(path);
+      } catch (e) {
+        if (!(e instanceof ApiError && e.status === 404)) throw e;
+        stopPolling(); // deleted: nothing more to follow
+        showError(e);
+        return;
+      }
+      const jobs = await studyJobs(study);
+      if (mine !== visit) return;
+      show(study, jobs);
+      if (study.done) stopPolling();
+    };
+
+    const cancel = document.getElementById("study-cancel");
+    cancel.addEventListener("click", async () => {
+      cancel.disabled = true;
+      cancel.textContent = "Cancelling…";
+      try {
+        await api(`${path}/cancel`, { method: "POST" });
+        await refresh();
+      } catch (e) {
+        showError(e);
+      } finally {
+        cancel.disabled = false;
+        cancel.textContent = "Cancel study";
+      }
+    });
+    const csv = document.getElementById("study-csv");
+    csv.addEventListener("click", async () => {
+      csv.disabled = true;
+      try {
+        const resp = await request(`${path}/table.csv`);
+        const name = (resp.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+        saveBlob(await resp.blob(), name ? name[1] : `study-${id}.csv`);
+      } catch (e) {
+        showError(e);
+      } finally {
+        csv.disabled = false;
+      }
+    });
+
+    const jobs = await studyJobs(state.study);
+    if (mine !== visit) return; // left meanwhile
+    show(state.study, jobs);
+    if (!state.study.done) stopPolling = everyWhileVisible(3000, refresh);
+  }
+
+  function renderStudyFacts(study, jobs) {
+    const spec = study.spec || {};
+    const students = (spec.students || []).map((s) => `${esc(s.arch)}${s.count > 1 ? ` ×${s.count}` : ""}`).join(", ");
+    const axes = Object.entries(study.axes).map(([p, values]) =>
+      `<span class="mono">${esc(p)}</span>: ${values.map((v) => esc(showValue(v))).join(", ")}`).join("<br>");
+    const epochs = jobs.reduce((n, j) => n + (j.progress?.epoch || 0), 0);
+    const total = jobs.reduce((n, j) => n + (j.progress?.total || 0), 0);
+    const facts = [
+      ["Id", `<span class="mono">${esc(study.id)}</span>`],
+      ["Jobs", countBadges(study.counts)],
+      ["Finished", progressBar({ progress: { epoch: finishedCount(study.counts), total: study.jobs } }, true)],
+      ["Epochs", progressBar({ progress: { epoch: epochs, total } }, true)],
+      ["Seeds", esc(study.seeds.join(", "))],
+      ["Axes", axes || `<span class="muted">none: the seeds only</span>`],
+      ["Base spec", `${esc(spec.dataset ? spec.dataset.name : "–")}; ${students || "–"}; ${esc(spec.training?.epochs ?? "default")} epochs`],
+      ["Created", when(study.created_at)],
+    ];
+    const dl = document.getElementById("study-facts");
+    dl.innerHTML = facts.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
+    paint(dl);
+  }
+
+  // the table's cells in its own order, each with its index (rows of one cell are consecutive)
+  function cellsOf(table) {
+    const index = new Map();
+    table.forEach((r) => { const k = JSON.stringify(r.cell); if (!index.has(k)) index.set(k, index.size); });
+    return index;
+  }
+
+  function renderResults(study) {
+    const table = document.getElementById("study-table");
+    if (!table) return;
+    const hasBaseline = STRATEGY in study.axes && study.axes[STRATEGY].includes("none");
+    const compare = hasBaseline || study.table.some((r) => r.test_at_best.vs_baseline); // else no Δ, p columns
+    document.getElementById("study-method").textContent = `Only succeeded jobs count. Scores in percent; mean ± sample std over seeds.${
+      hasBaseline ? ` Δ: the mean difference to the cell with strategy none and the other axes equal, paired by seed, in percentage points, with its ${Math.round(100 * study.confidence)}% confidence interval and the ${study.test}'s p-value.` : ""}`;
+    const cells = cellsOf(study.table);
+    const span = new Map(); // cell -> its rows
+    study.table.forEach((r) => { const k = JSON.stringify(r.cell); span.set(k, (span.get(k) || 0) + 1); });
+    const stats = (r, key) => {
+      const m = r[key];
+      const vs = m.vs_baseline;
+      const baseline = hasBaseline && r.cell[STRATEGY] === "none";
+      const diff = vs && vs.mean_diff !== null
+        ? `${signedPp(vs.mean_diff)}${vs.ci_low !== null ? ` <span class="muted">[${signedPp(vs.ci_low)}, ${signedPp(vs.ci_high)}]</span>` : ""}`
+        : baseline ? `<span class="muted">baseline</span>` : "–";
+      return `<td class="num" data-metric="${key}-n">${m.n}</td>
+        <td class="num" data-metric="${key}"><span class="mean" data-value="${m.mean ?? ""}">${pct(m.mean)}</span>${
+          m.std !== null ? ` <span class="muted">± ${pct(m.std)}</span>` : ""}</td>${compare ? `
+        <td class="num" data-metric="${key}-diff">${diff}</td>
+        <td class="num" data-metric="${key}-p">${vs ? pValue(vs.p_value) : "–"}</td>` : ""}`;
+    };
+    let previous = null;
+    const rows = study.table.map((r) => {
+      const k = JSON.stringify(r.cell);
+      const head = k !== previous ? `<td rowspan="${span.get(k)}">${esc(cellLabel(r.cell))}</td>` : "";
+      previous = k;
+      return `<tr data-cell="${cells.get(k)}" data-student="${r.student}" data-n="${r.test_at_best.n}">${head}
+        <td><span data-color="${COLORS[r.student % COLORS.length]}">■</span> ${r.student}</td>
+        <td class="num">${r.succeeded}/${r.jobs}</td>${stats(r, "test_at_best")}${stats(r, "best_val")}</tr>`;
+    });
+    const sub = `<th class="num">n</th><th class="num">mean ± std</th>${
+      compare ? `<th class="num">Δ vs none [${Math.round(100 * study.confidence)}% CI]</th><th class="num">p-value</th>` : ""}`;
+    const width = compare ? 4 : 2;
+    table.innerHTML = `<thead>
+        <tr><th rowspan="2">Cell</th><th rowspan="2">Student</th><th rowspan="2" class="num">Succeeded</th>
+          ${METRICS.map(([, title]) => `<th colspan="${width}" class="group">${title} (%)</th>`).join("")}</tr>
+        <tr>${sub}${sub}</tr></thead>
+      <tbody>${rows.join("") || `<tr><td colspan="${3 + 2 * width}" class="muted">No cells.</td></tr>`}</tbody>`;
+    table.dataset.cells = String(cells.size);
+    paint(table);
+  }
+
+  function renderStudyJobs(jobs) {
+    const table = document.getElementById("study-jobs");
+    if (!table) return;
+    table.innerHTML = `<thead><tr><th>Status</th><th>Job</th><th>Progress</th><th>Started</th><th>Finished</th></tr></thead>
+      <tbody>${jobs.map((j) => `<tr data-job="${esc(j.id)}"><td>${badge(j.status)}</td>
+        <td><a href="#/jobs/${encodeURIComponent(j.id)}">${esc(j.name || j.id)}</a><div class="muted mono">${esc(j.id.slice(0, 8))}</div></td>
+        <td>${progressBar(j)}</td><td>${when(j.started_at)}</td><td>${when(j.finished_at)}</td></tr>`).join("")
+        || `<tr><td colspan="5" class="muted">No jobs.</td></tr>`}</tbody>`;
+    paint(table);
+  }
+
+  // One point per cell and student (students side by side within a cell) with a bar of ± one std,
+  // drawn by a uPlot draw hook; rebuilt only when what it shows changes.
+  class StudyChart {
+    constructor(box) {
+      this.box = box;
+      this.plot = null;
+      this.shown = "";
+      this.onResize = () => this.plot?.setSize(this.size());
+      window.addEventListener("resize", this.onResize);
+    }
+
+    size() {
+      return { width: Math.max(320, this.box.clientWidth - 16), height: 300 };
+    }
+
+    show(study, key) {
+      const signature = JSON.stringify([key, study.table.map((r) => [r.cell, r.student, r[key].mean, r[key].std])]);
+      if (signature === this.shown) return;
+      this.shown = signature;
+      const cells = [...cellsOf(study.table).keys()].map((k) => cellLabel(JSON.parse(k)));
+      const students = [...new Set(study.table.map((r) => r.student))].sort((a, b) => a - b);
+      const n = students.length;
+      const offset = (s) => (n > 1 ? (s - (n - 1) / 2) * (0.5 / n) : 0); // within ±0.25 of the cell
+      const xs = [];
+      const means = students.map(() => []);
+      const stds = students.map(() => []);
+      const byKey = new Map(study.table.map((r) => [`${JSON.stringify(r.cell)}|${r.student}`, r]));
+      const drawn = new Set(); // cells with at least one point
+      [...cellsOf(study.table).keys()].forEach((k, c) => students.forEach((student, s) => {
+        xs.push(c + offset(s)); // x ascends: cell by cell, students within
+        const r = byKey.get(`${k}|${student}`);
+        const has = Boolean(r) && r[key].mean !== null;
+        if (has) drawn.add(c);
+        students.forEach((_, t) => { // each student's series has a value at its own x only
+          means[t].push(t === s && has ? 100 * r[key].mean : null);
+          stds[t].push(t === s && has && r[key].std !== null ? 100 * r[key].std : null);
+        });
+      }));
+      let lo = Infinity;
+      let hi = -Infinity;
+      means.forEach((m, t) => m.forEach((v, i) => {
+        if (v === null) return;
+        const sd = stds[t][i] || 0;
+        lo = Math.min(lo, v - sd);
+        hi = Math.max(hi, v + sd);
+      }));
+      if (lo === Infinity) { lo = 0; hi = 100; }
+      const pad = Math.max(0.5, 0.08 * (hi - lo));
+      const title = METRICS.find(([k]) => k === key)[1];
+      const opts = {
+        ...this.size(),
+        title: `${title}: mean ± std over seeds (%)`,
+        scales: { x: { time: false, range: () => [-0.5, cells.length - 0.5] }, y: { range: () => [lo - pad, hi + pad] } },
+        axes: [
+          { label: "cell", grid: { show: false }, splits: () => cells.map((_, i) => i), values: (u, splits) => splits.map((i) => cells[i] ?? "") },
+          { size: 60, values: (u, splits) => splits.map(tick) },
+        ],
+        cursor: { drag: { x: false, y: false } },
+        series: [
+          { label: "cell", value: (u, v) => (v === null || v === undefined ? "–" : cells[Math.round(v)] ?? "") },
+          ...students.map((student, t) => ({
+            label: `student ${student}`,
+            stroke: COLORS[student % COLORS.length],
+            paths: () => null, // points only
+            points: { show: true, size: 9, fill: COLORS[student % COLORS.length] },
+            value: (u, v, si, i) => (v === null || v === undefined ? "–"
+              : `${v.toFixed(1)}${i !== null && stds[t][i] !== null ? ` ± ${stds[t][i].toFixed(1)}` : ""}`),
+          })),
+        ],
+        hooks: { draw: [(u) => this.drawBars(u, stds, students)] },
+      };
+      this.plot?.destroy();
+      this.box.textContent = "";
+      this.plot = new uPlot(opts, [xs, ...means], this.box);
+      // for people and tests: what is drawn
+      this.box.dataset.metric = key;
+      this.box.dataset.cells = String(drawn.size);
+      this.box.dataset.points = String(means.reduce((total, m) => total + m.filter((v) => v !== null).length, 0));
+    }
+
+    drawBars(u, stds, students) {
+      const { ctx } = u;
+      const cap = 5 * uPlot.pxRatio;
+      ctx.save();
+      ctx.beginPath();
+      ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+      ctx.clip();
+      ctx.lineWidth = 1.5 * uPlot.pxRatio;
+      students.forEach((student, t) => {
+        if (!u.series[t + 1].show) return;
+        ctx.strokeStyle = COLORS[student % COLORS.length];
+        ctx.beginPath();
+        u.data[t + 1].forEach((mean, i) => {
+          const sd = stds[t][i];
+          if (mean === null || sd === null) return;
+          const x = u.valToPos(u.data[0][i], "x", true);
+          const low = u.valToPos(mean - sd, "y", true);
+          const high = u.valToPos(mean + sd, "y", true);
+          ctx.moveTo(x, low); ctx.lineTo(x, high);
+          ctx.moveTo(x - cap, low); ctx.lineTo(x + cap, low);
+          ctx.moveTo(x - cap, high); ctx.lineTo(x + cap, high);
+        });
+        ctx.stroke();
+      });
+      ctx.restore();
+    }
+
+    destroy() {
+      window.removeEventListener("resize", this.onResize);
+      this.plot?.destroy();
     }
   }
 

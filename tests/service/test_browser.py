@@ -1,5 +1,5 @@
 """The browser pages in a real Chromium (Debian's `chromium` package, driven by Playwright): the API docs at
-/docs and /redoc, and the dashboard at / following a real job on the real worker.
+/docs and /redoc, and the dashboard at / following a real job and a real study on the real worker.
 
 Every page runs with a guard that aborts and records any request leaving the service's origin, so a test
 fails if a page would need the network beyond the service (the pages must work on offline clusters).
@@ -13,7 +13,9 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from client_helpers import LiveServer
@@ -294,3 +296,146 @@ def test_dashboard_form_shows_field_errors_and_submits(
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == listing["students"][0]["best"]["sha256"]
     guard.assert_offline()
     assert guard.errors == [], guard.errors
+
+
+STRATEGY = "distillation.strategy"
+# As in test_service_studies: distillation at alpha 1e6 hurts every seed, so the paired differences vary
+# and the p-value is a number; seconds per job.
+STUDY_SPEC: dict[str, Any] = {
+    "dataset": {"name": "synthetic", "synthetic": {"num_nodes": 200, "num_features": 16, "feature_signal": 2.0}},
+    "students": [{"arch": "gcn", "count": 2, "hidden_layers": 2, "hidden_size": 16}],
+    "distillation": {"alpha": 1e6, "tau": "auto"},
+    "training": {"epochs": 15, "device": "cpu"},
+}
+STUDY_PAGE_DONE = """() => {
+  const rows = [...document.querySelectorAll('#study-table tr[data-cell]')];
+  const chart = document.querySelector('#study-chart');
+  return rows.length === %(rows)d && rows.every((r) => r.dataset.n === '%(n)d')
+    && chart?.dataset.cells === '%(cells)d' && chart?.dataset.points === '%(rows)d';
+}"""
+
+
+def _js_fixed(value: float, digits: int) -> str:
+    """`value.toFixed(digits)` as JavaScript writes it: the double's exact value, ties away from zero."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def _submit_study(service: Service, body: dict[str, Any]) -> dict[str, Any]:
+    r = service.client.post("/v1/studies", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_study_page_shows_the_table_and_chart_of_a_study(
+    page: Page, guard: OffsiteGuard, live: str, service: Service, tmp_path: Path
+) -> None:
+    """Studies list -> a study of 3 seeds x strategy [none, alignahead] followed while its jobs run, until
+    its table has every cell at n=3 and its chart a point per cell and student; the page's numbers are the
+    API's, formatted; its CSV downloads through the page and its job links open the job page.
+    Saves `test-output/browser/studies.png` and `study.png`."""
+    seeds = 3
+    body = {
+        "name": "browser-study",
+        "spec": STUDY_SPEC,
+        "seeds": seeds,
+        "axes": {STRATEGY: ["none", "alignahead"]},
+    }
+    study = _submit_study(service, body)
+    try:
+        _sign_in(page, live, make_key(service.settings, "tests"))
+        page.click("a[data-nav='studies']")
+        row = page.locator(f"tr[data-study='{study['id']}']")
+        assert row.locator("a").inner_text() == "browser-study"
+        assert re.search(r"\d/6$", row.locator("td:nth-child(3)").inner_text()), row.inner_text()  # finished jobs
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "studies.png")
+        row.locator("a").click()
+        assert page.url.endswith(f"#/studies/{study['id']}")
+
+        # the page refreshes itself until every cell has all its seeds: 2 cells x 2 students
+        page.wait_for_function(STUDY_PAGE_DONE % {"rows": 4, "n": seeds, "cells": 2})
+        page.locator("#study-cancel").wait_for(state="hidden")  # nothing left to cancel
+        done = service.client.get(f"/v1/studies/{study['id']}").json()
+        assert done["done"] and done["counts"]["succeeded"] == 2 * seeds, done["counts"]
+        assert page.locator("#study-facts [data-count='succeeded']").inner_text() == f"succeeded {2 * seeds}"
+
+        # the alignahead cell against none, student 0: mean in percent, paired difference in points, p-value
+        cells = list(dict.fromkeys(json.dumps(r["cell"], sort_keys=True) for r in done["table"]))
+        api_row = next(r for r in done["table"] if r["cell"][STRATEGY] == "alignahead" and r["student"] == 0)
+        cell = cells.index(json.dumps(api_row["cell"], sort_keys=True))
+        shown = page.locator(f"#study-table tr[data-cell='{cell}'][data-student='0']")
+        stats = api_row["test_at_best"]
+        mean = shown.locator("td[data-metric='test_at_best'] .mean")
+        assert mean.inner_text() == _js_fixed(100 * stats["mean"], 1)
+        assert float(mean.get_attribute("data-value")) == stats["mean"]  # the API's number, unrounded
+        assert f"± {_js_fixed(100 * stats['std'], 1)}" in shown.locator("td[data-metric='test_at_best']").inner_text()
+        vs = stats["vs_baseline"]
+        assert vs is not None and vs["n"] == seeds and vs["p_value"] is not None, vs
+        diff = shown.locator("td[data-metric='test_at_best-diff']").inner_text()
+        sign = "−" if vs["mean_diff"] < 0 else "+"
+        assert diff.startswith(f"{sign}{_js_fixed(abs(100 * vs['mean_diff']), 1)}"), diff
+        p = shown.locator("td[data-metric='test_at_best-p']").inner_text()
+        assert p == ("< 0.001" if vs["p_value"] < 0.001 else _js_fixed(vs["p_value"], 3)), p
+        baseline = next(r for r in done["table"] if r["cell"][STRATEGY] == "none" and r["student"] == 0)
+        base_cell = cells.index(json.dumps(baseline["cell"], sort_keys=True))
+        base_diff = page.locator(
+            f"#study-table tr[data-cell='{base_cell}'][data-student='0'] td[data-metric='test_at_best-diff']"
+        )
+        assert base_diff.inner_text() == "baseline"
+
+        # a link per job, in the study's order, each to the job page
+        links = page.locator("#study-jobs a[href^='#/jobs/']")
+        assert [a.get_attribute("href") for a in links.all()] == [f"#/jobs/{j}" for j in done["job_ids"]]
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "study.png", full_page=True)
+
+        # the CSV comes through the page (the key in a header), as the API serves it
+        with page.expect_download() as info:
+            page.click("#study-csv")
+        saved = tmp_path / info.value.suggested_filename
+        info.value.save_as(saved)
+        assert info.value.suggested_filename == f"study-{study['id']}.csv"
+        assert saved.read_bytes() == service.client.get(f"/v1/studies/{study['id']}/table.csv").content
+
+        links.first.click()
+        page.locator("#job-status .status.succeeded").wait_for()
+        assert page.url.endswith(f"#/jobs/{done['job_ids'][0]}")
+        guard.assert_offline()
+        assert guard.errors == [], guard.errors
+    finally:
+        service.client.post(f"/v1/studies/{study['id']}/cancel")
+        for job_id in study["job_ids"]:
+            service.wait(job_id, timeout=120)
+        service.client.delete(f"/v1/studies/{study['id']}")
+
+
+def test_study_page_cancels_a_running_study(page: Page, guard: OffsiteGuard, live: str, service: Service) -> None:
+    """A long study (one job running, one queued): Cancel on its page cancels both, and the page follows
+    them to cancelled. Saves `test-output/browser/study-cancelled.png`."""
+    study = _submit_study(service, {"spec": long_spec(epochs=10_000, num_nodes=1500), "seeds": 2})
+    try:
+        service.wait(study["job_ids"][0], until=lambda j: j["status"] == "running", timeout=120)
+        _sign_in(page, live, make_key(service.settings, "tests"))
+        page.goto(f"{live}/#/studies/{study['id']}")
+        page.locator("#study-jobs .status.running").wait_for()
+        page.locator("#study-live .live").wait_for()
+        page.click("#study-cancel")
+
+        jobs = [service.wait(job_id, timeout=120) for job_id in study["job_ids"]]
+        assert [j["status"] for j in jobs] == ["cancelled", "cancelled"], jobs
+        after = service.client.get(f"/v1/studies/{study['id']}").json()
+        assert after["done"] and after["counts"]["cancelled"] == 2, after["counts"]
+        page.wait_for_function("() => document.querySelectorAll('#study-jobs .status.cancelled').length === 2")
+        page.locator("#study-live .live").wait_for(state="detached")
+        assert page.locator("#study-cancel").is_hidden()
+        assert page.locator("#study-facts [data-count='cancelled']").inner_text() == "cancelled 2"
+        assert page.locator("#study-table tr[data-cell]").first.get_attribute("data-n") == "0"  # none succeeded
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "study-cancelled.png", full_page=True)
+        guard.assert_offline()
+        assert guard.errors == [], guard.errors
+    finally:
+        service.client.post(f"/v1/studies/{study['id']}/cancel")
+        for job_id in study["job_ids"]:
+            service.wait(job_id, timeout=120)
+        service.client.delete(f"/v1/studies/{study['id']}")
