@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import Select, and_, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from alignahead.spec import JobSpec
@@ -82,9 +82,7 @@ def list_jobs(
 ) -> tuple[Sequence[Job], str | None]:
     """Newest first; the cursor is the last row of the previous page. `name`: exactly that name;
     `tags`: jobs carrying every one of them."""
-    query = (
-        select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    )
+    query = select(Job).where(Job.tenant_id == tenant_id)
     if status is not None:
         query = query.where(Job.status == status)
     if name is not None:
@@ -93,9 +91,19 @@ def list_jobs(
         query = query.where(exists().where(JobTag.job_id == Job.id, JobTag.tag == tag))
     if study_id is not None:
         query = query.where(Job.study_id == study_id)
+    return newest_first(session, query, Job, limit, cursor)
+
+
+def newest_first(session: Session, query: Select, model: type[Job | Study | Upload], limit: int,
+                 cursor: str | None) -> tuple[Sequence[Any], str | None]:  # fmt: skip
+    """A page of `query`'s rows of `model`, newest first (created_at, then id), after the row that
+    `cursor` names (the last of the previous page), and the cursor of the next page, if any."""
+    query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
     if cursor is not None:
-        created_at, job_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)))
+        created_at, last_id = decode_cursor(cursor)
+        query = query.where(
+            or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < last_id))
+        )
     rows = session.scalars(query).all()
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
@@ -156,19 +164,7 @@ def list_studies(
     session: Session, tenant_id: str, *, limit: int, cursor: str | None
 ) -> tuple[list[tuple[Study, dict[str, int]]], str | None]:
     """Newest first, each with its jobs counted per status."""
-    query = (
-        select(Study)
-        .where(Study.tenant_id == tenant_id)
-        .order_by(Study.created_at.desc(), Study.id.desc())
-        .limit(limit + 1)
-    )
-    if cursor is not None:
-        created_at, study_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Study.created_at < created_at, and_(Study.created_at == created_at, Study.id < study_id))
-        )
-    rows = session.scalars(query).all()
-    page = rows[:limit]
+    page, next_cursor = newest_first(session, select(Study).where(Study.tenant_id == tenant_id), Study, limit, cursor)
     counts: dict[str, dict[str, int]] = {s.id: {} for s in page}
     if page:
         for study_id, status, n in session.execute(
@@ -177,7 +173,6 @@ def list_studies(
             .group_by(Job.study_id, Job.status)
         ):
             counts[study_id][status] = n
-    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
     return [(s, counts[s.id]) for s in page], next_cursor
 
 
@@ -321,21 +316,7 @@ def upload_summary(session: Session, tenant_id: str, upload_id: str) -> dict[str
 def list_uploads(
     session: Session, tenant_id: str, *, limit: int, cursor: str | None
 ) -> tuple[Sequence[Upload], str | None]:
-    query = (
-        select(Upload)
-        .where(Upload.tenant_id == tenant_id)
-        .order_by(Upload.created_at.desc(), Upload.id.desc())
-        .limit(limit + 1)
-    )
-    if cursor is not None:
-        created_at, upload_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Upload.created_at < created_at, and_(Upload.created_at == created_at, Upload.id < upload_id))
-        )
-    rows = session.scalars(query).all()
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
-    return page, next_cursor
+    return newest_first(session, select(Upload).where(Upload.tenant_id == tenant_id), Upload, limit, cursor)
 
 
 def delete_upload(session: Session, tenant_id: str, upload_id: str) -> None:
