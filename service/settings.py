@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Memory a worker has for one job; a job whose estimated peak is larger is refused.",
     )
-    max_active_jobs: int = Field(20, ge=1, description="Queued + running jobs per tenant (429).")
+    max_active_jobs: int = Field(100, ge=1, description="Queued + running jobs per tenant (429).")
     max_submissions_per_minute: float = Field(
         60, gt=0, description="Job submissions per tenant and minute, a token bucket (429 with Retry-After)."
     )
