@@ -13,17 +13,18 @@ stored is sent before that status. A status event goes out when anything of the 
 heartbeat changes.
 
 The stream reads the database every `events_poll_seconds` (no broker or notification channel needed,
-the same on SQLite and PostgreSQL), says `: ping` after `events_ping_seconds` of silence, and stops
-when the client goes (Starlette cancels it).
+the same on SQLite and PostgreSQL). sse-starlette's EventSourceResponse writes the events, says
+`: ping` every `events_ping_seconds` and stops the stream when the client goes.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import AsyncIterator
 
 import anyio
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service import repository as repo
 from service import views
@@ -37,15 +38,19 @@ RETRY_MS = 1000  # the reconnection delay suggested to EventSource clients
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
 
-def frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
-    """One SSE event: `id`, `event`, a `data` line per line of data, a blank line."""
-    head = b"" if event_id is None else b"id: %d\n" % event_id
-    body = b"".join(b"data: " + line + b"\n" for line in (data.splitlines() or [b""]))
-    return head + b"event: " + event.encode() + b"\n" + body + b"\n"
+def response(ctx: AppContext, tenant: str, job_id: str, since: int) -> EventSourceResponse:
+    """The stream of the job's events after metric seq `since`."""
+    return EventSourceResponse(
+        stream(ctx, tenant, job_id, since),
+        headers=HEADERS,
+        ping=ctx.settings.events_ping_seconds,
+        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+        sep="\n",
+    )
 
 
-def _json(model: BaseModel) -> bytes:
-    return model.__pydantic_serializer__.to_json(model)
+def _json(model: BaseModel) -> str:
+    return model.__pydantic_serializer__.to_json(model).decode()
 
 
 def read(ctx: AppContext, tenant: str, job_id: str, since: int) -> tuple[JobOut | None, list[MetricOut], bool]:
@@ -59,51 +64,39 @@ def read(ctx: AppContext, tenant: str, job_id: str, since: int) -> tuple[JobOut 
         return job, views.metric_page(job_id, rows, since).rows, len(rows) == PAGE
 
 
-def status_frame(job: JobOut, cursor: int, *, first: bool) -> bytes:
-    retry = b"retry: %d\n" % RETRY_MS if first else b""  # said once, with the first event
-    return retry + frame("status", _json(job), cursor)
-
-
-async def stream(ctx: AppContext, tenant: str, job_id: str, since: int) -> AsyncIterator[bytes]:
+async def stream(ctx: AppContext, tenant: str, job_id: str, since: int) -> AsyncIterator[ServerSentEvent]:
     ctx.event_streams += 1
     try:
-        async for chunk in _events(ctx, tenant, job_id, since):
-            yield chunk
-    finally:  # also when the client went away: Starlette cancels the stream then
+        yield ServerSentEvent(retry=RETRY_MS)  # said once, first
+        async for event in _events(ctx, tenant, job_id, since):
+            yield event
+    finally:  # also when the client went away: the stream is cancelled then
         ctx.event_streams -= 1
 
 
-async def _events(ctx: AppContext, tenant: str, job_id: str, since: int) -> AsyncIterator[bytes]:
-    settings = ctx.settings
+async def _events(ctx: AppContext, tenant: str, job_id: str, since: int) -> AsyncIterator[ServerSentEvent]:
     cursor = since
     shown: dict | None = None  # the last job sent, without its heartbeat
-    quiet_since = time.monotonic()
     while True:
         job, rows, more = await anyio.to_thread.run_sync(read, ctx, tenant, job_id, cursor)
         if job is None:
-            yield frame("end", b'{"status":null,"reason":"the job was deleted"}', cursor)
+            yield ServerSentEvent('{"status":null,"reason":"the job was deleted"}', event="end", id=str(cursor))
             return
         finished = job.status in FINISHED
         state = job.model_dump(exclude={"heartbeat_at"})
-        out: list[bytes] = []
         if state != shown and not finished:  # a live job: its status first, then what it stored
-            out.append(status_frame(job, cursor, first=shown is None))
+            yield ServerSentEvent(_json(job), event="status", id=str(cursor))
             shown = state
         for row in rows:
             cursor = row.seq
-            out.append(frame("metric", _json(row), cursor))
+            yield ServerSentEvent(_json(row), event="metric", id=str(cursor))
         if not more and state != shown:  # a finished job: its status after every row it stored
-            out.append(status_frame(job, cursor, first=shown is None))
+            yield ServerSentEvent(_json(job), event="status", id=str(cursor))
             shown = state
-        if out:
-            yield b"".join(out)
-            quiet_since = time.monotonic()
         if more:
             continue  # far behind: the rest without a pause
         if finished:
-            yield frame("end", b'{"status":"%s"}' % job.status.encode(), cursor)
+            end = json.dumps({"status": job.status}, separators=(",", ":"))
+            yield ServerSentEvent(end, event="end", id=str(cursor))
             return
-        if time.monotonic() - quiet_since >= settings.events_ping_seconds:
-            yield b": ping\n\n"
-            quiet_since = time.monotonic()
-        await anyio.sleep(settings.events_poll_seconds)
+        await anyio.sleep(ctx.settings.events_poll_seconds)

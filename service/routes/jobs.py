@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
+from sse_starlette import EventSourceResponse
 
 from alignahead.spec import MAX_TAG_CHARS, JobSpec
 from service import dispatch, events, limits, views
@@ -214,7 +215,7 @@ def get_metrics(
 
 @router.get(
     "/{job_id}/events",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     responses={
         200: {
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -237,7 +238,7 @@ async def get_job_events(
             description="Resume after this metric seq (the `id` of the last event received).",
         ),
     ] = None,
-) -> StreamingResponse:
+) -> EventSourceResponse:
     """The job's status changes and new metric rows as they are stored, until it ends.
 
     Every metric row with seq > the resume point comes once, in seq order (`event: metric`, `id: <seq>`);
@@ -246,9 +247,7 @@ async def get_job_events(
     `Last-Event-ID: <last id>` (or `?since=`) to resume: nothing is missed or repeated."""
     await run_in_threadpool(_check_job, ctx, tenant, job_id)  # a 404 before the stream starts
     start = max(since or 0, last_event_id or 0)
-    return StreamingResponse(
-        events.stream(ctx, tenant, job_id, start), media_type="text/event-stream", headers=events.HEADERS
-    )
+    return events.response(ctx, tenant, job_id, start)
 
 
 def _check_job(ctx: AppContext, tenant: str, job_id: str) -> None:
