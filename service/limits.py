@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from alignahead.runtime import RuntimeSettings
 from alignahead.spec import JobSpec
 from service import repository as repo
 from service.errors import Invalid, TooLarge
@@ -148,8 +149,9 @@ def estimate_bytes(spec: JobSpec, size: GraphSize) -> int:
     - a training pass over one batch (the whole graph, or batch_size graphs of a multi-graph dataset),
       kept for backward: per layer ~6 node tensors (4NW each) and, for GAT, ~6 edge tensors per head
       (4E each); the local structure of each paired layer materialises an E x W difference with its
-      gradient (~3 x 4EW). Alternating schedules hold one student's pass and one peer's forward,
-      simultaneous ones every student's;
+      gradient (~3 x 4EW). Alternating schedules hold one student's pass and one peer's forward (on
+      one graph, up to ALIGNAHEAD_REUSE_FORWARD_MB of kept forwards instead), simultaneous ones every
+      student's;
     - evaluation: a forward without gradients over the largest split (all train graphs batched).
     Checked against the peak RSS of real runs in tests/service/test_service_limits.py.
     """
@@ -177,7 +179,11 @@ def estimate_bytes(spec: JobSpec, size: GraphSize) -> int:
         passes.append(act)
         evals.append(3 * 4 * n_eval * max(w, c * out_heads) + (3 * 4 * e_eval * st.heads if heads else 0))
     passes.sort(reverse=True)
-    held = sum(passes) if spec.distillation.schedule == "simultaneous" else sum(passes[:2])
+    if spec.distillation.schedule == "simultaneous":
+        held = sum(passes)
+    else:  # one pass, plus one peer's forward or, with forward reuse, up to its budget of kept forwards
+        kept = min(sum(passes[1:]), RuntimeSettings().reuse_forward_mb * 2**20) if size.graphs == 1 else 0
+        held = passes[0] + max(sum(passes[1:2]), kept)
     overhead = 512 * 2**20  # the interpreter, torch and DGL themselves (~450 MiB resident here)
     return int(data + params + max(held, max(evals)) + overhead)
 
