@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         worker = subprocess.Popen(worker_command(settings), env=env)
         print(f"worker started (pid {worker.pid}); API on http://{args.host}:{args.port}/docs", flush=True)
+    # uvicorn re-raises the SIGTERM it shut down on: as SystemExit here, so that the worker is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port)
     finally:

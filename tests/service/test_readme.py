@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -61,9 +62,12 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         proc.terminate()  # run_local stops its worker on the way out
         try:
             proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
+        finally:
+            log.close()
+            try:  # whatever of its process group is left (nothing, when run_local stopped its worker)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def run(cmd: list[str], script: str, folder: Path, env: dict[str, str], port: int) -> str:
