@@ -20,6 +20,7 @@ from svc_helpers import (
     TEST_SECRET,
     Service,
     Worker,
+    api_without_worker,
     embedded_settings,
     migrate,
     temporary_postgres_database,
@@ -115,12 +116,5 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The API over a migrated embedded database with no worker: jobs stay queued."""
-    folder = tmp_path_factory.mktemp("api")
-    settings = embedded_settings(folder, max_upload_bytes=50_000, **ROOMY)
-    migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
-    with TestClient(create_app(settings)) as client:
-        svc = Service("api", settings, client, engine, folder)
-        svc.authorize()
+    with api_without_worker("api", tmp_path_factory.mktemp("api"), max_upload_bytes=50_000, **ROOMY) as svc:
         yield svc
-    engine.dispose()

@@ -252,6 +252,24 @@ class Service:
         return self.client.post("/v1/datasets", files={"file": (filename, data, "application/octet-stream")})
 
 
+@contextmanager
+def api_without_worker(name: str, folder: Path, **overrides: Any) -> Iterator[Service]:
+    """The API (in-process) over a migrated embedded database in `folder`, with no worker: jobs stay
+    queued; authorised for tenant 'tests'."""
+    from service.app import create_app  # the API's modules only where a test serves it
+
+    settings = embedded_settings(folder, **overrides)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with TestClient(create_app(settings)) as client:
+            svc = Service(name, settings, client, engine, folder)
+            svc.authorize()
+            yield svc
+    finally:
+        engine.dispose()
+
+
 def embedded_settings(folder: Path, **overrides: Any) -> Settings:
     folder.mkdir(parents=True, exist_ok=True)
     values = {

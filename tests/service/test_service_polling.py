@@ -8,12 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import ROOMY
-from fastapi.testclient import TestClient
 from sqlalchemy import update
-from svc_helpers import Service, embedded_settings, migrate, small_spec
+from svc_helpers import Service, api_without_worker, small_spec
 
-from service.app import create_app
-from service.db import make_engine
 from service.models import Job, MetricRow
 from service.polling import PollingFastPath
 
@@ -21,14 +18,8 @@ from service.polling import PollingFastPath
 @pytest.fixture
 def cached(tmp_path) -> Iterator[Service]:
     """An API whose poll cache never expires by itself: what it answers from memory is certain."""
-    settings = embedded_settings(tmp_path, poll_cache_seconds=3600.0, **ROOMY)
-    migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
-    with TestClient(create_app(settings)) as client:
-        svc = Service("cached", settings, client, engine, tmp_path)
-        svc.authorize()
+    with api_without_worker("cached", tmp_path, poll_cache_seconds=3600.0, **ROOMY) as svc:
         yield svc
-    engine.dispose()
 
 
 def add_rows(svc: Service, job_id: str, epochs: range) -> None:
