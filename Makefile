@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export DGLBACKEND := pytorch
 
-.PHONY: setup run train test test-fast lint bench clean
+.PHONY: setup run train test test-fast test-py312 lint bench clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 setup: $(VENV)/.installed
 
 # The API (http://127.0.0.1:8000, docs at /docs) and one worker, on SQLite, no external servers.
+# `make run PORT=8001 HOST=0.0.0.0` serves elsewhere (unset: ALIGNAHEAD_API_PORT/_HOST, else the defaults).
+HOST ?=
+PORT ?=
 run: setup
-	$(PY) -m service.run_local
+	$(PY) -m service.run_local $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 # A job from the command line, no service: `make train SPEC=examples/synthetic-mixed.yaml`.
 SPEC ?= examples/synthetic-mixed.yaml
@@ -28,6 +31,12 @@ test: setup
 	bash scripts/ensure-services.sh
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The library's tests on Python 3.12, where DGL does not install (its tests skip, saying so); the
+# environment is cached outside the checkout (scripts/py312-env.sh). Exit 3: no Python 3.12 here.
+test-py312:
+	@venv=$$(bash scripts/py312-env.sh) && PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -q -p no:cacheprovider \
+		-m "not slow" --ignore=tests/service tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -1,26 +1,24 @@
 """Online Alignahead distillation of graph neural network students (Guo, Chen, Wang, IJCNN 2022).
 
-`JobSpec` loads at once; the names that need torch and DGL (`load_student`, `save_student`,
-`load_graph`, `prepare_graph`) and the service client (`Client`) load on first use, so that
+`JobSpec` loads at once; the names that need torch (`load_student`, `save_student`, `load_graph`,
+`prepare_graph`, `Graph`) and the service client (`Client`) load on first use, so that
 `alignahead jobs` and `import alignahead.client` start in a fraction of a second.
 """
 
-import os
 from typing import Any
 
-os.environ.setdefault("DGLBACKEND", "pytorch")
-
-from alignahead.spec import JobSpec  # noqa: E402
+from alignahead.spec import JobSpec
 
 _LAZY = {
     "load_student": "alignahead.checkpoints",
     "save_student": "alignahead.checkpoints",
     "load_graph": "alignahead.inference",
     "prepare_graph": "alignahead.inference",
+    "Graph": "alignahead.graph",
     "Client": "alignahead.client",
 }
 
-__all__ = ["Client", "JobSpec", "load_graph", "load_student", "prepare_graph", "save_student"]
+__all__ = ["Client", "Graph", "JobSpec", "load_graph", "load_student", "prepare_graph", "save_student"]
 __version__ = "0.1.0"
 
 

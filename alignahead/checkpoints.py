@@ -1,6 +1,8 @@
 """One student per safetensors file, its full model config in the metadata.
 
-safetensors holds only tensors and strings, so loading a checkpoint never runs pickled code.
+safetensors holds only tensors and strings, so loading a checkpoint never runs pickled code. Its
+writer keeps the metadata in a hash map whose order changes from one save to the next, so the header
+is rewritten with sorted keys: the same student gives the same bytes (and sha256) in every process.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ def student_bytes(model: Student, extra: dict[str, str] | None = None) -> bytes:
     """Serialise a student's weights (on the CPU, contiguous) with its config as metadata."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": model.config.model_dump_json(), **(extra or {})}
-    return st_save(tensors, metadata=metadata)
+    return canonical(st_save(tensors, metadata=metadata))
+
+
+def canonical(data: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted and compact (padded with spaces to 8 bytes,
+    as safetensors pads it); the tensors' bytes and offsets are unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def save_student(model: Student, path: str | Path, extra: dict[str, str] | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""`alignahead train SPEC` runs a job locally; `alignahead datasets` lists what can be trained on.
+"""`alignahead train SPEC` runs a job locally; `alignahead datasets` lists what can be trained on;
+`alignahead example-npz FILE` writes a graph in the npz layout, to try an upload with.
 The service commands (`submit`, `jobs`, `status`, `wait`, `metrics`, `cancel`, `delete`, `download`,
 `logs`, `upload`) talk to a running service: see alignahead/client/cli.py. `study` runs a spec over
 seeds and a grid of values, on the service or locally: see alignahead/study_cli.py.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -20,11 +22,13 @@ import yaml
 from pydantic import ValidationError
 
 from alignahead.client.cli import add_commands
-from alignahead.spec import JobSpec
+from alignahead.client.progress import Progress, percent
+from alignahead.spec import JobSpec, error_lines
 from alignahead.study_cli import add_commands as add_study_commands
 
 if TYPE_CHECKING:  # torch and DGL load only for the commands that train
-    from alignahead.trainer import Checkpoint, EpochMetrics, Trainer
+    from alignahead.metrics import EpochMetrics
+    from alignahead.trainer import Checkpoint, Trainer
 
 
 def read_spec(path: Path) -> JobSpec:
@@ -40,11 +44,7 @@ def read_spec(path: Path) -> JobSpec:
 
 
 def format_errors(error: ValidationError) -> str:
-    lines = []
-    for err in error.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(spec)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
+    return "\n".join(f"  {line}" for line in error_lines(error.errors()))
 
 
 class RunFolder:
@@ -82,8 +82,6 @@ class RunFolder:
 
 
 def train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from alignahead.datasets import DatasetError, load_dataset
     from alignahead.runtime import set_torch_threads
     from alignahead.trainer import Callbacks, Trainer
@@ -97,36 +95,48 @@ def train(args: argparse.Namespace) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    group = None
+    if "WORLD_SIZE" in os.environ and spec.training.parallel == "students":  # one rank of a torchrun launch
+        from alignahead.parallel import RankGroup
+        from alignahead.trainer import resolve_device
+
+        group = RankGroup.from_environment(spec, resolve_device(spec.training.device).type)
+        if not group.leader:  # rank 0 writes the outputs; the others train their students
+            Trainer(spec, dataset, group=group).follow()
+            return 0
     run = RunFolder(Path(args.out))
     (run.out / "spec.json").write_text(spec.model_dump_json(indent=2))
 
-    bar = tqdm(total=spec.training.epochs, unit="epoch", disable=args.quiet)
+    # a bar on a terminal, a few plain lines in a file or pipe
+    bar = Progress("train", "epoch", spec.training.epochs, 0, enabled=not args.quiet, file=None)
     trainer: Trainer
 
     def on_epoch(rows: list[EpochMetrics]) -> None:
         run.write_metrics(rows)
         if trainer.epoch % args.state_every == 0 or trainer.epoch == spec.training.epochs:
             run.write_state(trainer)
-        bar.update(1)
-        bar.set_postfix_str(
+        bar.advance_to(trainer.epoch)
+        bar.show(
+            "running",
             " ".join(
                 f"s{r.student}:loss={r.loss:.3f},kd={r.distill_loss:.2e}"
-                + (f",val={r.val_score:.3f}" if r.val_score is not None else "")
+                + (f",val={percent(r.val_score)}" if r.val_score is not None else "")
                 for r in rows
-            )
+            ),
         )
 
-    trainer = Trainer(spec, dataset, Callbacks(on_epoch=on_epoch, on_checkpoint=run.write_checkpoint))
+    trainer = Trainer(spec, dataset, Callbacks(on_epoch=on_epoch, on_checkpoint=run.write_checkpoint), group=group)
     if args.resume and run.state.exists():
         try:
             trainer.load_state_bytes(run.state.read_bytes())
         except ValueError as e:
             raise SystemExit(f"error: cannot resume from {run.state}: {e}") from e
         run.truncate_metrics(trainer.epoch)
-        bar.update(trainer.epoch)
+        bar.advance_to(trainer.epoch)
     elif run.metrics.exists():
         run.metrics.unlink()
     result = trainer.run()
+    bar.show("done")
     bar.close()
     summary = {
         "epochs_done": result.epochs_done,
@@ -136,9 +146,8 @@ def train(args: argparse.Namespace) -> int:
     }
     (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
     for s in result.students:
-        best = f"{s.best_val:.4f}" if s.best_val is not None else "-"
-        test = f"{s.test_at_best:.4f}" if s.test_at_best is not None else "-"
-        print(f"student {s.student} ({s.arch}): best val {best} at epoch {s.best_epoch}, test there {test}")
+        print(f"student {s.student} ({s.arch}): best val {percent(s.best_val)} at epoch {s.best_epoch}, "
+              f"test there {percent(s.test_at_best)}")  # fmt: skip
     if result.stop_reason:
         print(result.stop_reason)
     print(f"outputs in {run.out}")
@@ -150,6 +159,22 @@ def datasets(_: argparse.Namespace) -> int:
 
     for info in list_datasets():
         print(f"{info.name:18} {info.kind:10} {info.description}")
+    return 0
+
+
+def example_npz(args: argparse.Namespace) -> int:
+    from alignahead.datasets.synthetic import write_example_npz
+    from alignahead.spec import SyntheticSpec
+
+    try:
+        spec = SyntheticSpec(num_nodes=args.nodes, num_classes=args.classes, num_features=args.features)
+    except ValidationError as e:
+        print(f"error: {'; '.join(error_lines(e.errors(), SyntheticSpec))}", file=sys.stderr)
+        return 2
+    made = write_example_npz(args.path, spec, seed=args.seed)
+    print(f"wrote {made.path}: {made.nodes} nodes, {made.edges} edges, {made.features} features, {made.classes} "
+          f"classes. Upload it with `alignahead upload {made.path}`, or train on it here with the dataset "
+          f"section {{name: npz, path: {made.path}}}")  # fmt: skip
     return 0
 
 
@@ -174,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=train)
     d = sub.add_parser("datasets", help="list the dataset registry")
     d.set_defaults(func=datasets)
+    text = "write an example graph (a stochastic block model) in the npz layout that uploads take"
+    e = sub.add_parser("example-npz", help=text, description=text)
+    e.add_argument("path", help="the file to write, e.g. graph.npz")
+    e.add_argument("--nodes", type=int, default=600, help="nodes (default 600)")
+    e.add_argument("--classes", type=int, default=4, help="classes (default 4)")
+    e.add_argument("--features", type=int, default=32, help="features per node (default 32)")
+    e.add_argument("--seed", type=int, default=0, help="the seed it is drawn from (default 0)")
+    e.set_defaults(func=example_npz)
     add_commands(sub)
     add_study_commands(sub)
     args = parser.parse_args(argv)

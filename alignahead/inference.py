@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import dgl
 import torch
 
 from alignahead.checkpoints import read_metadata
 from alignahead.datasets import DatasetError, GraphDataset, load_dataset
+from alignahead.datasets.preprocessing import simplify_edges
+from alignahead.graph import Graph, as_graph
 from alignahead.models import Student
 from alignahead.spec import DatasetSpec, JobSpec, TrainingSpec
 
@@ -67,8 +68,9 @@ def load_graph(
     seed: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     npz: str | os.PathLike[str] | bytes | None = None,
-) -> dgl.DGLGraph:
-    """The graph that holds a split's nodes, exactly as the trainer built it.
+) -> Graph:
+    """The graph that holds a split's nodes, exactly as the trainer built it (an alignahead `Graph`;
+    `.to_dgl()` makes a `DGLGraph` of it where DGL is installed).
 
     `source`: a loaded student (`alignahead.load_student`, `job.load_student()`), a checkpoint file or
     its bytes, a JobSpec or its dict, or a dataset section with `seed` (default 0, training.seed's
@@ -85,7 +87,7 @@ def load_graph(
     graphs = {"train": dataset.train, "val": dataset.val, "test": dataset.test}[split]
     if not graphs:
         raise DatasetError(f"dataset {dataset.name!r} has no {split} graphs")
-    return graphs[0] if len(graphs) == 1 else dgl.batch(graphs)
+    return Graph.batch(graphs)
 
 
 def _dataset(
@@ -106,18 +108,22 @@ def _dataset(
     return load_dataset(spec, seed=seed, data_dir=data_dir)
 
 
-def prepare_graph(graph: dgl.DGLGraph, feat: torch.Tensor | None = None) -> dgl.DGLGraph:
-    """One's own graph made like the training graphs: edges symmetric and deduplicated, exactly one
-    self-loop per node, ndata['feat'] float32 (given here or already on the graph). Node order is kept,
-    so logits line up with your node ids; other ndata is kept, edge data is dropped."""
+def prepare_graph(graph: Graph | Any, feat: torch.Tensor | None = None) -> Graph:
+    """One's own graph (an alignahead `Graph` or a `DGLGraph`) made like the training graphs: edges
+    symmetric and deduplicated, exactly one self-loop per node, ndata['feat'] float32 (given here or
+    already on the graph). Node order is kept, so logits line up with your node ids; other ndata is
+    kept, edge data is dropped. Returns an alignahead `Graph` on the CPU."""
+    graph = as_graph(graph)
+    ndata = {key: value.cpu() for key, value in graph.ndata.items()}
     if feat is not None:
-        graph.ndata["feat"] = feat
-    if "feat" not in graph.ndata:
+        ndata["feat"] = feat.cpu()
+    if "feat" not in ndata:
         raise ValueError("the graph has no ndata['feat']; pass the node features [N, F] as `feat`")
-    ndata = dict(graph.ndata)
-    simple = dgl.to_bidirected(dgl.remove_self_loop(graph).cpu(), copy_ndata=False)  # also drops duplicates
-    out = dgl.add_self_loop(simple)
-    for key, value in ndata.items():
-        out.ndata[key] = value.cpu()
-    out.ndata["feat"] = out.ndata["feat"].float()
-    return out
+    n = graph.num_nodes()
+    if ndata["feat"].dim() != 2 or ndata["feat"].shape[0] != n:
+        raise ValueError(f"features must be [num_nodes={n}, F], got {list(ndata['feat'].shape)}")
+    ndata["feat"] = ndata["feat"].float()
+    src, dst = (t.cpu().numpy() for t in graph.edges())
+    s, d = simplify_edges(src, dst, n)  # symmetric, without duplicates or self-loops
+    loops = torch.arange(n)
+    return Graph(torch.cat([torch.from_numpy(s), loops]), torch.cat([torch.from_numpy(d), loops]), n, ndata)

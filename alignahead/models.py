@@ -1,18 +1,19 @@
 """Student GNNs that expose every hidden layer's features, which the distillation loss compares.
 
-Only `dgl.nn.pytorch` convolutions are used, so the same code runs from DGL 1.1 to 2.4.
+The layers are plain PyTorch (`alignahead.layers`), with the parameter names and initialisation of
+the DGL layers the students were first built from: checkpoints of every version load alike.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import dgl
 import torch
-from dgl.nn.pytorch import GATConv, GraphConv, SAGEConv
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from alignahead.graph import Graph, as_graph
+from alignahead.layers import GATConv, GraphConv, SAGEConv
 from alignahead.spec import StudentSpec
 
 
@@ -76,10 +77,10 @@ class Student(nn.Module):
         c = self.config
         act = nn.functional.elu if activation else None
         if c.arch == "gat":
-            conv = GATConv(in_dim, out_dim, heads, attn_drop=c.attn_dropout, activation=act, allow_zero_in_degree=True)
+            conv = GATConv(in_dim, out_dim, heads, attn_drop=c.attn_dropout, activation=act)
             return conv, (out_dim * heads if activation else out_dim)
         if c.arch == "gcn":
-            return GraphConv(in_dim, out_dim, activation=act, allow_zero_in_degree=True), out_dim
+            return GraphConv(in_dim, out_dim, activation=act), out_dim
         if c.arch == "sage":
             return SAGEConv(in_dim, out_dim, c.aggregator, activation=act), out_dim
         raise ValueError(f"unknown architecture {c.arch!r}; choose gat, gcn or sage")
@@ -89,7 +90,7 @@ class Student(nn.Module):
             return None
         return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
 
-    def hidden_features(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> list[torch.Tensor]:
+    def hidden_features(self, graph: Graph, feat: torch.Tensor) -> list[torch.Tensor]:
         """Each hidden layer's output [N, width] (GAT: heads concatenated), without the output layer:
         all that a peer's local structure needs."""
         h = feat
@@ -103,7 +104,7 @@ class Student(nn.Module):
             h = out
         return hidden
 
-    def forward(self, graph: dgl.DGLGraph, feat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, graph: Graph, feat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits [N, classes] and every hidden layer's output."""
         hidden = self.hidden_features(graph, feat)
         x = self.dropout(hidden[-1])
@@ -115,15 +116,17 @@ class Student(nn.Module):
         return logits, hidden
 
     @torch.no_grad()
-    def predict(self, graph: dgl.DGLGraph, feat: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [N, num_classes] for every node of `graph`, in eval mode and without gradients.
+    def predict(self, graph: Graph | Any, feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, num_classes] for every node of `graph` (an alignahead `Graph` or a `DGLGraph`), in
+        eval mode and without gradients.
 
         `feat` defaults to graph.ndata['feat'] and must be float [N, config.in_feats]. The students were
         trained on graphs with symmetric edges and exactly one self-loop per node
-        (`dgl.add_self_loop(dgl.remove_self_loop(g))`); other graphs run but predict worse. Single-label
-        data: the class is logits.argmax(1); multilabel: the labels with logits > 0. The module's
-        train/eval mode is restored afterwards, the graph and features are moved to its device.
+        (`alignahead.prepare_graph` makes one's own graph so); other graphs run but predict worse.
+        Single-label data: the class is logits.argmax(1); multilabel: the labels with logits > 0. The
+        module's train/eval mode is restored afterwards, the graph and features are moved to its device.
         """
+        graph = as_graph(graph)
         if feat is None:
             if "feat" not in graph.ndata:
                 raise ValueError("the graph has no ndata['feat']; pass the node features as `feat`")

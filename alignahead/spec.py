@@ -6,9 +6,13 @@ The defaults reproduce the paper's PPI setting (Guo et al., IJCNN 2022).
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Arch = Literal["gat", "gcn", "sage"]
 Strategy = Literal["alignahead", "one-to-one", "none"]
@@ -16,6 +20,8 @@ Schedule = Literal["alternating", "simultaneous"]
 Features = Literal["raw", "row-normalized"]
 SmallClasses = Literal["drop", "error"]
 Monitor = Literal["val_score", "val_loss"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Parallel = Literal["none", "students"]
 
 DATASET_NAMES = (
     "ppi",
@@ -32,13 +38,31 @@ DATASET_NAMES = (
 )
 
 
+# What seeds numpy, torch and DGL alike accept (numpy refuses negative ones), and the split's seed too.
+MAX_SEED = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MAX_TAGS, MAX_TAG_CHARS = 16, 64
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/+=@-]*$"
 Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS, pattern=TAG_PATTERN)]
 
 
+def _is_number(annotation: Any) -> bool:
+    """Whether a field's type takes an int or a float (also inside Annotated, a union or Optional)."""
+    if annotation in (int, float):
+        return True
+    return any(_is_number(arg) for arg in typing.get_args(annotation) if arg is not type(None))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1 for a number: `"seed": true` would train seed 1. A number is a number."""
+        if isinstance(value, bool) and info.field_name and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("a number is needed here, not true or false")
+        return value
 
 
 class SplitSpec(_Section):
@@ -48,7 +72,7 @@ class SplitSpec(_Section):
 
     train_per_class: int = Field(20, ge=1, le=100_000, description="Labelled training nodes drawn per class.")
     val_per_class: int = Field(30, ge=0, le=100_000, description="Validation nodes drawn per class.")
-    seed: int | None = Field(None, description="Split seed; defaults to training.seed.")
+    seed: Seed | None = Field(None, description="Split seed, 0 to 2^31-1; defaults to training.seed.")
     small_classes: SmallClasses = Field(
         "drop",
         description="Classes with at most train_per_class + val_per_class labelled nodes, which would leave "
@@ -112,13 +136,17 @@ class DatasetSpec(_Section):
     @model_validator(mode="after")
     def _check_source(self) -> DatasetSpec:
         if self.name not in DATASET_NAMES:
-            raise ValueError(f"unknown dataset {self.name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+            hint = did_you_mean(self.name, DATASET_NAMES)
+            raise ValueError(f"unknown dataset {self.name!r}{hint} (the names: {', '.join(DATASET_NAMES)})")
         if self.name == "npz" and not self.path:
             raise ValueError("dataset 'npz' needs 'path' (a .npz file in the GNN-benchmark layout)")
         if self.name != "npz" and self.path:
             raise ValueError("'path' is only for dataset 'npz'")
         if self.name == "upload" and not self.upload_id:
-            raise ValueError("dataset 'upload' needs 'upload_id' (from POST /v1/datasets)")
+            raise ValueError(
+                "dataset 'upload' needs 'upload_id', the id an upload returns (`alignahead upload FILE`, "
+                "client.upload_dataset or POST /v1/datasets)"
+            )
         if self.name != "upload" and self.upload_id:
             raise ValueError("'upload_id' is only for dataset 'upload'")
         if self.largest_component and (
@@ -177,8 +205,13 @@ class TrainingSpec(_Section):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 penalty (decoupled for 'adamw').")
     batch_size: int = Field(2, ge=1, le=100_000, description="Graphs per step (multi-graph datasets).")
     eval_every: int = Field(1, ge=1, le=100_000, description="Evaluate every n epochs (and at the last).")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds weights, dropout and the data it generates or splits.")
+    seed: Seed = Field(0, description="Seeds weights, dropout and the data it generates or splits (0 to 2^31-1).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
+    precision: Precision = Field(
+        "fp32",
+        description="The students' arithmetic: 'fp32'; 'bf16' or 'fp16' run their layers under autocast (fp16 with "
+        "loss scaling; CUDA only), while the local structure, the KL and the task loss stay in float32.",
+    )
     patience: int | None = Field(
         None,
         ge=1,
@@ -191,6 +224,20 @@ class TrainingSpec(_Section):
         description="Which validation metric picks a student's best epoch (its 'best' checkpoint and the test "
         "score reported there) and what `patience` watches: 'val_score' (higher is better) or 'val_loss' (the task "
         "loss on the validation nodes, lower is better; Shchur et al.'s rule).",
+    )
+    parallel: Parallel = Field(
+        "none",
+        description="'none': every student in this process; 'students': one process per rank, each training a "
+        "contiguous group of the students on its own device (CPU slot or GPU), exchanging only their detached "
+        "peer-layer distributions each step (alignahead.parallel). Needs distillation.schedule 'simultaneous'; "
+        "the numbers are those of the one-process run.",
+    )
+    ranks: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="With parallel 'students': how many processes (at most one per student). None: one per "
+        "student, up to the devices on offer (a service worker's ALIGNAHEAD_WORKER_DEVICES).",
     )
 
 
@@ -241,6 +288,35 @@ class JobSpec(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_precision(self) -> JobSpec:
+        if self.training.precision == "fp16" and self.training.device == "cpu":
+            raise ValueError(
+                "training.precision 'fp16' needs a CUDA device (training.device 'cuda' or 'auto'); on the CPU use "
+                "'bf16' or 'fp32'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_parallel(self) -> JobSpec:
+        t = self.training
+        if t.parallel == "none":
+            if t.ranks is not None:
+                raise ValueError("training.ranks applies to training.parallel 'students'; set parallel or drop ranks")
+            return self
+        if self.distillation.schedule == "alternating":
+            raise ValueError(
+                "training.parallel 'students' needs distillation.schedule 'simultaneous': the 'alternating' "
+                "schedule is sequential by definition (each student learns from its peers' weights after their "
+                "pass), so its students cannot train side by side"
+            )
+        if t.ranks is not None and t.ranks > self.num_students:
+            raise ValueError(
+                f"training.ranks {t.ranks} is more than the {self.num_students} students: a rank trains at least "
+                "one student"
+            )
+        return self
+
     @property
     def num_students(self) -> int:
         return sum(s.count for s in self.students)
@@ -252,3 +328,74 @@ class JobSpec(_Section):
     @classmethod
     def from_data(cls, data: Any) -> JobSpec:
         return cls.model_validate(data)
+
+
+# --- field errors in the spec's words -------------------------------------------------------------
+# One rule for every place that validates a spec (the API, the CLI, studies, the dashboard's form via
+# the API): an unknown field names the closest known one, and pydantic's own prefixes are left out.
+
+PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`; did you mean 'hidden_size'?` for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (also inside Annotated or a union), or None."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            model = submodel(arg)
+            if model is not None:
+                return model
+    return None
+
+
+def list_item_model(annotation: Any) -> type[BaseModel] | None:
+    """StudentSpec for `list[StudentSpec]` (possibly Annotated)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is list:
+        return submodel(typing.get_args(annotation)[0])
+    return None
+
+
+def model_at(loc: Sequence[str | int], root: type[BaseModel] = JobSpec) -> type[BaseModel] | None:
+    """The section that holds the field at `loc` (its last part; list indexes skipped), or None."""
+    model: type[BaseModel] | None = root
+    for part in loc[:-1]:
+        if isinstance(part, int) or str(part).isdigit():
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[str(part)].annotation
+        model = list_item_model(annotation) or submodel(annotation)
+    return model
+
+
+def error_message(error: Mapping[str, Any], root: type[BaseModel] | None = JobSpec) -> str:
+    """One pydantic field error (`ValidationError.errors()` item, loc relative to `root`) as a sentence
+    that says what to fix."""
+    loc = list(error.get("loc") or ())
+    if error.get("type") == "extra_forbidden" and loc:
+        model = model_at(loc, root) if root is not None else None
+        if model is None:
+            return f"unknown field {loc[-1]!r}; remove it or check its spelling"
+        fields = list(model.model_fields)
+        hint = did_you_mean(str(loc[-1]), fields)
+        return f"unknown field {loc[-1]!r}" + (hint or f"; the fields here are {', '.join(fields)}")
+    msg = str(error.get("msg", ""))
+    for prefix in PYDANTIC_PREFIXES:
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+def error_lines(errors: Iterable[Mapping[str, Any]], root: type[BaseModel] | None = JobSpec) -> list[str]:
+    """`students.0.hiden_size: unknown field 'hiden_size'; did you mean 'hidden_size'?`, one per error."""
+    return [f"{'.'.join(str(p) for p in e.get('loc') or ()) or '(spec)'}: {error_message(e, root)}" for e in errors]

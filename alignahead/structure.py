@@ -7,29 +7,25 @@ of each other). The loss is KL(peer || student) summed over v's incoming edges, 
 
 The costly part is the per-edge L1 distance: written plainly, `(h[src] - h[dst]).abs().sum(1)`
 materialises an [E, H] tensor that autograd keeps for the backward. Two things make it cheap:
-- `edge_l1` computes it with a kernel that torch.compile (inductor) generates from that same
-  expression, which never materialises it: O(E) memory and one pass, forward and backward. Where
-  compilation is unavailable or fails its check, the plain expression is used.
-- The distance of u -> v is that of v -> u (|a - b| = |b - a| exactly in floating point), and our
+- the distance is a kernel of `alignahead.kernels` that torch.compile turns into one pass that never
+  materialises it (O(E) memory, forward and backward), compiled on every device by default;
+- the distance of u -> v is that of v -> u (|a - b| = |b - a| exactly in floating point), and our
   graphs hold both directions of every edge: `EdgePairs` computes it once per unordered node pair and
   hands it to both edges, half the work forward and backward.
-The rest is O(E) work on `dgl.function` builtins, stable from DGL 1.1 to 2.4.
+The softmax over in-edges and the KL are kernels too (segment sums over the graph's CSR).
+Everything here is computed in float32 or wider, whatever precision the students run in.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-import weakref
 from dataclasses import dataclass
 
-import dgl
-import dgl.function as fn
 import torch
 
+from alignahead import kernels
+from alignahead.graph import Graph
+from alignahead.precision import widen
 from alignahead.spec import Strategy
-
-log = logging.getLogger("alignahead.structure")
 
 
 def layer_pairs(strategy: Strategy, num_layers: int) -> list[tuple[int, int]]:
@@ -52,68 +48,6 @@ def layer_pairs(strategy: Strategy, num_layers: int) -> list[tuple[int, int]]:
 # --- the edge distance ---------------------------------------------------------------------------
 
 
-def edge_l1_plain(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """||h[src] - h[dst]||_1 per edge: h [N, H], src/dst [E] -> [E]. Materialises [E, H]."""
-    return (h[src] - h[dst]).abs().sum(-1)
-
-
-class FusedL1:
-    """`edge_l1_plain` compiled once per process (dynamic shapes: one kernel serves every graph size and
-    width), checked against the plain expression on a small random graph before first use on each
-    device type and dtype, forward values and gradients. A variant that fails to compile or to agree
-    is never used again in this process; the caller falls back to the plain expression."""
-
-    def __init__(self) -> None:
-        self._fn = None
-        self._checked: dict[tuple[str, torch.dtype], bool] = {}
-        self.compile_seconds = 0.0  # time spent compiling and checking, for the benchmark
-
-    def usable(self, h: torch.Tensor) -> bool:
-        key = (h.device.type, h.dtype)
-        if key not in self._checked:
-            t0 = time.perf_counter()
-            self._checked[key] = self._check(h.device, h.dtype)
-            self.compile_seconds += time.perf_counter() - t0
-        return self._checked[key]
-
-    def __call__(self, h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        assert self._fn is not None  # usable() came first
-        return self._fn(h, src, dst)
-
-    def _check(self, device: torch.device, dtype: torch.dtype) -> bool:
-        try:
-            if self._fn is None:
-                import torch._inductor.config as inductor_config
-
-                inductor_config.compile_threads = 1  # no compile-worker pool inside job worker processes
-                self._fn = torch.compile(edge_l1_plain, dynamic=True)
-            gen = torch.Generator().manual_seed(0)
-            h = torch.randn(9, 6, generator=gen, dtype=dtype).to(device)
-            src = torch.randint(0, 9, (23,), generator=gen).to(device)
-            dst = torch.randint(0, 9, (23,), generator=gen).to(device)
-            weight = torch.randn(23, generator=gen, dtype=dtype).to(device)
-            with torch.no_grad():
-                inference = self._fn(h, src, dst)
-            grads = []
-            for f in (self._fn, edge_l1_plain):
-                x = h.clone().requires_grad_(True)
-                with torch.enable_grad():  # the first call may come from inside a no_grad block
-                    (f(x, src, dst) * weight).sum().backward()
-                grads.append(x.grad)
-            plain = edge_l1_plain(h, src, dst)
-            ok = torch.allclose(inference, plain) and torch.allclose(grads[0], grads[1])
-            if not ok:
-                log.warning("fused edge distance disagrees with the plain one on %s/%s; using eager", device, dtype)
-            return ok
-        except Exception as e:  # no compiler, unsupported device: the plain expression always works
-            why = f"{type(e).__name__}: {e}"
-            log.warning("fused edge distance unavailable on %s/%s (%s); using eager", device, dtype, why)
-            return False
-
-
-fused_l1 = FusedL1()
-
-
 @dataclass(frozen=True)
 class EdgePairs:
     """A graph's edges grouped by unordered node pair {u, v}: `src`, `dst` [P] one (u, v) per pair, and
@@ -124,29 +58,17 @@ class EdgePairs:
     index: torch.Tensor
 
     @classmethod
-    def of(cls, graph: dgl.DGLGraph) -> EdgePairs:
+    def of(cls, graph: Graph) -> EdgePairs:
         src, dst = graph.edges()
+        n = graph.num_nodes()
         lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
-        keys, index = torch.unique(lo * graph.num_nodes() + hi, return_inverse=True)
-        return cls(keys // graph.num_nodes(), keys % graph.num_nodes(), index)
+        keys, index = torch.unique(lo * n + hi, return_inverse=True)
+        return cls(keys // n, keys % n, index)
 
 
-_pairs: weakref.WeakKeyDictionary[dgl.DGLGraph, EdgePairs] = weakref.WeakKeyDictionary()
-
-
-def edge_pairs(graph: dgl.DGLGraph) -> EdgePairs:
-    """`EdgePairs.of(graph)`, computed once per graph object (graphs are never mutated here)."""
-    pairs = _pairs.get(graph)
-    if pairs is None:
-        pairs = _pairs[graph] = EdgePairs.of(graph)
-    return pairs
-
-
-def edge_l1(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, fused: bool = True) -> torch.Tensor:
-    """Per-edge L1 distance [E]; `fused` uses the compiled kernel where it passed its check."""
-    if fused and fused_l1.usable(h):
-        return fused_l1(h, src, dst)
-    return edge_l1_plain(h, src, dst)
+def edge_pairs(graph: Graph) -> EdgePairs:
+    """`EdgePairs.of(graph)`, computed once per graph."""
+    return graph.cached("edge-pairs", EdgePairs.of)
 
 
 # --- distributions and the loss ------------------------------------------------------------------
@@ -154,19 +76,19 @@ def edge_l1(h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, fused: bool =
 Bandwidth = float | torch.Tensor  # one tau, or one per edge [E] (tau 'auto': per graph of a batch)
 
 
-def edge_distances(graph: dgl.DGLGraph, h: torch.Tensor, fused: bool = True) -> torch.Tensor:
+def edge_distances(graph: Graph, h: torch.Tensor) -> torch.Tensor:
     """||h_u - h_v||_1 of every edge u -> v, [E], computed once per unordered pair; h is [N, H]."""
     pairs = edge_pairs(graph)
-    return edge_l1(h, pairs.src, pairs.dst, fused)[pairs.index]
+    return kernels.EDGE_L1(widen(h), pairs.src, pairs.dst)[pairs.index]
 
 
 @torch.no_grad()
-def auto_tau(graph: dgl.DGLGraph, distances: torch.Tensor) -> torch.Tensor:
+def auto_tau(graph: Graph, distances: torch.Tensor) -> torch.Tensor:
     """tau 'auto', one per edge [E]: for each graph of a batch, the median of its edges' distances,
     self-loops (always 0) left out, so that the kernel separates edges whatever the feature scale.
     A graph whose distances are all 0 gets 1: every kernel value is then 1, whatever tau."""
     src, dst = graph.edges()
-    counts = graph.batch_num_edges().tolist()
+    counts = graph.batch_num_edges()
     taus = []
     for d, loop in zip(distances.detach().split(counts), (src == dst).split(counts), strict=True):
         d = d[~loop]
@@ -175,22 +97,16 @@ def auto_tau(graph: dgl.DGLGraph, distances: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.stack(taus), torch.tensor(counts, device=distances.device))
 
 
-def kernel_structure(graph: dgl.DGLGraph, distances: torch.Tensor, tau: Bandwidth) -> torch.Tensor:
+def kernel_structure(graph: Graph, distances: torch.Tensor, tau: Bandwidth) -> torch.Tensor:
     """Log-probabilities [E] of each node's distribution over its incoming edges, from the edges'
     distances [E]: log softmax over in-edges of exp(-distance / tau)."""
-    score = torch.exp(-distances / tau)  # in (0, 1]: no overflow below
-    with graph.local_scope():
-        graph.edata["w"] = torch.exp(score)
-        graph.update_all(fn.copy_e("w", "w"), fn.sum("w", "z"))
-        graph.ndata["log_z"] = torch.log(graph.ndata["z"])
-        graph.edata["score"] = score
-        graph.apply_edges(fn.e_sub_v("score", "log_z", "log_p"))
-        return graph.edata["log_p"]
+    bandwidth = torch.as_tensor(tau, dtype=distances.dtype, device=distances.device)
+    return kernels.LOG_STRUCTURE(kernels.csr(graph), distances, bandwidth)
 
 
-def local_structure(graph: dgl.DGLGraph, h: torch.Tensor, tau: Bandwidth | str, fused: bool = True) -> torch.Tensor:
+def local_structure(graph: Graph, h: torch.Tensor, tau: Bandwidth | str) -> torch.Tensor:
     """Log-probabilities [E] of each node's distribution over its incoming edges; h is [N, H]."""
-    d = edge_distances(graph, h, fused)
+    d = edge_distances(graph, h)
     return kernel_structure(graph, d, auto_tau(graph, d) if tau == "auto" else tau)
 
 
@@ -203,15 +119,13 @@ class Target:
     tau: Bandwidth
 
 
-def layer_distances(
-    graph: dgl.DGLGraph, hidden: list[torch.Tensor], layers: list[int], fused: bool = True
-) -> dict[int, torch.Tensor]:
+def layer_distances(graph: Graph, hidden: list[torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
     """Edge distances [E] of each listed hidden layer; differentiable if `hidden` is."""
-    return {layer: edge_distances(graph, hidden[layer], fused) for layer in layers}
+    return {layer: edge_distances(graph, hidden[layer]) for layer in layers}
 
 
 @torch.no_grad()
-def targets_from(graph: dgl.DGLGraph, distances: dict[int, torch.Tensor], tau: float | str) -> dict[int, Target]:
+def targets_from(graph: Graph, distances: dict[int, torch.Tensor], tau: float | str) -> dict[int, Target]:
     """Fixed targets {layer: Target} from a peer's edge distances (tau a number, or 'auto')."""
     out = {}
     for layer, d in distances.items():
@@ -222,10 +136,10 @@ def targets_from(graph: dgl.DGLGraph, distances: dict[int, torch.Tensor], tau: f
 
 @torch.no_grad()
 def peer_targets(
-    graph: dgl.DGLGraph, hidden: list[torch.Tensor], pairs: list[tuple[int, int]], tau: float | str, fused: bool = True
+    graph: Graph, hidden: list[torch.Tensor], pairs: list[tuple[int, int]], tau: float | str
 ) -> dict[int, Target]:
     """A peer's distributions for the layers that the pairs read, computed once and held fixed."""
-    return targets_from(graph, layer_distances(graph, [h.detach() for h in hidden], peer_layers(pairs), fused), tau)
+    return targets_from(graph, layer_distances(graph, [h.detach() for h in hidden], peer_layers(pairs)), tau)
 
 
 def concat_targets(parts: list[dict[int, Target]]) -> dict[int, Target]:
@@ -241,12 +155,10 @@ def concat_targets(parts: list[dict[int, Target]]) -> dict[int, Target]:
     return out
 
 
-def structure_kl(graph: dgl.DGLGraph, log_p_peer: torch.Tensor, log_q_student: torch.Tensor) -> torch.Tensor:
-    """KL(peer || student) per node, summed over its incoming edges, averaged over nodes."""
-    with graph.local_scope():
-        graph.edata["kl"] = log_p_peer.exp() * (log_p_peer - log_q_student)
-        graph.update_all(fn.copy_e("kl", "kl"), fn.sum("kl", "kl"))
-        return graph.ndata["kl"].mean()
+def structure_kl(graph: Graph, log_p_peer: torch.Tensor, log_q_student: torch.Tensor) -> torch.Tensor:
+    """KL(peer || student) per node, summed over its incoming edges, averaged over nodes (every edge
+    counts once for its destination, so that is the sum over edges divided by the nodes)."""
+    return kernels.KL_SUM(log_p_peer, log_q_student) / graph.num_nodes()
 
 
 def student_layers(pairs: list[tuple[int, int]]) -> list[int]:
@@ -260,7 +172,7 @@ def peer_layers(pairs: list[tuple[int, int]]) -> list[int]:
 
 
 def distillation_loss(
-    graph: dgl.DGLGraph,
+    graph: Graph,
     distances: dict[int, torch.Tensor],
     peers: list[dict[int, Target]],
     pairs: list[tuple[int, int]],

@@ -18,17 +18,17 @@ import io
 import itertools
 import json
 import math
-import types
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from alignahead.spec import JobSpec
+from alignahead.enums import JobStatus
+from alignahead.spec import MAX_SEED, JobSpec, did_you_mean, error_message, list_item_model, submodel
 
 SEED_PATH = "training.seed"
+NAME_PATH = "name"
 STRATEGY_PATH = "distillation.strategy"
 BASELINE = "none"
 METRICS = ("test_at_best", "best_val")
@@ -48,29 +48,6 @@ class StudyError(ValueError):
 # --- dotted paths -----------------------------------------------------------------------------------
 
 
-def _submodel(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field holds (also inside Annotated or a union), or None."""
-    if typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            model = _submodel(arg)
-            if model is not None:
-                return model
-    return None
-
-
-def _list_item_model(annotation: Any) -> type[BaseModel] | None:
-    """StudentSpec for `list[StudentSpec]` (possibly Annotated)."""
-    if typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) is list:
-        return _submodel(typing.get_args(annotation)[0])
-    return None
-
-
 def check_path(path: str) -> None:
     """Raise StudyError unless `path` names a field of the job spec (`students.0.hidden_size` indexes a list)."""
     parts = path.split(".")
@@ -85,17 +62,18 @@ def check_path(path: str) -> None:
         if part not in fields:
             raise StudyError(
                 ["axes", path],
-                f"unknown spec path {path!r}: {where} has no field {part!r}; its fields are {', '.join(fields)}",
+                f"unknown spec path {path!r}: {where} has no field {part!r}"
+                + (did_you_mean(part, fields) or f"; its fields are {', '.join(fields)}"),
             )
         annotation = fields[part].annotation
-        item = _list_item_model(annotation)
+        item = list_item_model(annotation)
         if item is not None and i + 1 < len(parts):
             if not (parts[i + 1].isascii() and parts[i + 1].isdigit()):
                 raise StudyError(["axes", path], f"unknown spec path {path!r}: {part!r} is a list; index it, "
                                  f"e.g. {'.'.join(parts[: i + 1])}.0.{parts[i + 1]}")  # fmt: skip
             model, i = item, i + 2
             continue
-        model, i = _submodel(annotation), i + 1
+        model, i = submodel(annotation), i + 1
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -157,7 +135,7 @@ def seed_list(seeds: int | Sequence[int]) -> list[int]:
     if not out:
         raise StudyError(["seeds"], "seeds must not be empty")
     for s in out:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2**31 - 1:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
             raise StudyError(["seeds"], f"seed {s!r} is not an integer in [0, 2^31-1]")
     if len(set(out)) != len(out):
         raise StudyError(["seeds"], f"seeds repeat: {out}; each seed pairs the runs of one repetition")
@@ -206,6 +184,12 @@ def check_axes(axes: Mapping[str, Sequence[Any]]) -> None:
     for path, values in axes.items():
         if path == SEED_PATH:
             raise StudyError(["axes", path], f"{SEED_PATH} is set by `seeds`, not as an axis")
+        if path == NAME_PATH:  # the service names each job after its study, cell and seed
+            raise StudyError(
+                ["axes", path],
+                "a job's name trains nothing, and a study names its jobs itself ('<study name> <cell> seed=<n>'); "
+                "name the study and vary a training setting",
+            )
         check_path(path)
         if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
             raise StudyError(["axes", path], f"axis {path!r} needs a non-empty list of values")
@@ -254,7 +238,7 @@ def expand(
 def _refusal(error: ValidationError, combo: Mapping[str, Any], seed: int) -> StudyError:
     err = error.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = error_message(err)
     label = combo_label(combo)
     context = f"combination {label} (seed {seed})" if label else f"seed {seed}"
     hits = [p for p in combo if where == p or where.startswith(p + ".") or p.startswith(where + ".")] if where else []
@@ -379,7 +363,7 @@ def study_table(outcomes: Iterable[Outcome], cells: Sequence[Mapping[str, Any]] 
     def values(key: str, student: int, metric: str) -> dict[int, float]:
         got = {}
         for o in by_cell.get(key, []):
-            if o.status != "succeeded" or not o.students or student >= len(o.students):
+            if o.status != JobStatus.SUCCEEDED or not o.students or student >= len(o.students):
                 continue
             v = o.students[student].get(metric)
             if v is not None:
@@ -396,7 +380,7 @@ def study_table(outcomes: Iterable[Outcome], cells: Sequence[Mapping[str, Any]] 
             base_key = candidate if candidate in order else None
         for student in range(positions):
             row = TableRow(cell=cell, student=student, jobs=len(jobs),
-                           succeeded=sum(o.status == "succeeded" for o in jobs))  # fmt: skip
+                           succeeded=sum(o.status == JobStatus.SUCCEEDED for o in jobs))  # fmt: skip
             for metric in METRICS:
                 mine = values(key, student, metric)
                 seeds = sorted(mine)

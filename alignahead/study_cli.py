@@ -1,7 +1,8 @@
 """`alignahead study SPEC --seeds 5 --axis distillation.strategy=none,alignahead [--local] [--wait]`: a
 study on the service (POST /v1/studies) or, with --local, run here one job after the other with the
 library's trainer; either way the same table (alignahead.studies) printed with rich, or as JSON.
-`alignahead study-status ID [--wait]` shows a service study's table again.
+`alignahead study-status ID [--wait]` shows a service study's table again, `alignahead studies` lists
+them. Scores in percent and their differences in percentage points, as the dashboard shows them.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from alignahead import studies
-from alignahead.client.cli import Output, _connection
+from alignahead.client.cli import Output, _connection, cli_message
 from alignahead.client.client import Client, spec_body
 from alignahead.client.errors import AlignaheadError
+from alignahead.client.progress import Progress
 from alignahead.client.studies import Study
 from alignahead.client.transport import RetryPolicy
+from alignahead.enums import JobStatus
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -63,8 +66,13 @@ def parse_seeds(text: str) -> int | list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: a count (5) or a list (0,3,7)") from e
 
 
-def _num(value: float | None, digits: int = 4) -> str:
+def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    """A score, or a difference of scores, in percent (points): 0.8062 -> 80.6."""
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _short(path: str) -> str:
@@ -73,7 +81,7 @@ def _short(path: str) -> str:
 
 def render_table(rows: list[dict[str, Any]], paths: list[str], test: str = studies.TEST_NAME) -> Table:
     """The table as people read it: mean ± std over seeds, and the difference with the 'none' cell."""
-    table = Table(title=f"study: mean ± std over seeds; Δ vs strategy none, 95% CI, {test}")
+    table = Table(title=f"study: scores in %, mean ± std over seeds; Δ vs strategy none in points, 95% CI, {test}")
     for p in paths:
         table.add_column(_short(p))
     table.add_column("student", justify="right")
@@ -87,14 +95,15 @@ def render_table(rows: list[dict[str, Any]], paths: list[str], test: str = studi
         line = [*cells, str(row["student"]), f"{row['test_at_best']['n']}/{row['jobs']}"]
         for metric in studies.METRICS:
             m = row[metric]
-            spread = f" ± {_num(m['std'])}" if m["std"] is not None else ""
-            line.append(_num(m["mean"]) + spread)
+            spread = f" ± {_pct(m['std'])}" if m["std"] is not None else ""
+            line.append(_pct(m["mean"]) + spread)
             vs = m.get("vs_baseline")
             if vs is None or vs["mean_diff"] is None:
                 line += ["", ""]
                 continue
-            ci = f" [{_num(vs['ci_low'])}, {_num(vs['ci_high'])}]" if vs["ci_low"] is not None else ""
-            line += [f"{vs['mean_diff']:+.4f}{ci}", _num(vs["p_value"], 3)]
+            ci = f" [{_pct(vs['ci_low'])}, {_pct(vs['ci_high'])}]" if vs["ci_low"] is not None else ""
+            sign = "+" if vs["mean_diff"] >= 0 else ""
+            line += [f"{sign}{_pct(vs['mean_diff'])}{ci}", _num(vs["p_value"])]
         table.add_row(*line)
     return table
 
@@ -108,8 +117,6 @@ def _print(out: Output, rows: list[dict[str, Any]], paths: list[str], payload: d
 
 def run_local(args: argparse.Namespace, spec: dict[str, Any], out: Output) -> int:
     """Every job of the study here, one after the other, with the library's trainer."""
-    from tqdm import tqdm
-
     from alignahead.datasets import DatasetError, load_dataset
     from alignahead.runtime import set_torch_threads
     from alignahead.trainer import Callbacks, Trainer
@@ -121,9 +128,10 @@ def run_local(args: argparse.Namespace, spec: dict[str, Any], out: Output) -> in
         return 2
     set_torch_threads(args.threads)
     outcomes = []
-    bar = tqdm(runs, unit="job", disable=args.quiet or out.as_json, file=sys.stderr)
-    for run in bar:
-        bar.set_postfix_str(f"{studies.combo_label(run.cell)} seed={run.seed}")
+    bar = Progress("study", "job", len(runs), 0, enabled=not (args.quiet or out.as_json), file=sys.stderr)
+    for done, run in enumerate(runs):
+        bar.advance_to(done)
+        bar.show("running", f"{studies.combo_label(run.cell)} seed={run.seed}")
         try:
             dataset = load_dataset(run.spec.dataset, seed=run.spec.training.seed, data_dir=args.data_dir)
         except DatasetError as e:
@@ -131,7 +139,9 @@ def run_local(args: argparse.Namespace, spec: dict[str, Any], out: Output) -> in
             return 2
         result = Trainer(run.spec, dataset, Callbacks()).run()
         students = [asdict(s) for s in result.students]
-        outcomes.append(studies.Outcome(run.cell, run.seed, "succeeded", students, run.spec.num_students))
+        outcomes.append(studies.Outcome(run.cell, run.seed, JobStatus.SUCCEEDED, students, run.spec.num_students))
+    bar.advance_to(len(runs))
+    bar.show("done")
     bar.close()
     axes = studies.normalized_axes(runs)
     rows = [r.as_dict() for r in studies.study_table(outcomes, studies.cells(axes))]
@@ -157,7 +167,7 @@ def _show_study(study: Study, args: argparse.Namespace, out: Output) -> int:
         out.err.print(f"study [bold]{study.id}[/]: {study.total} jobs ({counts})")
         if not study.done:
             out.err.print(f"follow it with: alignahead study-status {study.id} --wait")
-    return 1 if study.done and study.counts.get("failed") else 0
+    return 1 if study.done and study.counts.get(JobStatus.FAILED) else 0
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -177,7 +187,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                 out.err.print(f"submitted study [bold]{study.id}[/] ({study.total} jobs)")
             return _show_study(study, args, out)
     except (AlignaheadError, OSError, ValueError) as e:
-        out.err.print(f"[red]error:[/] {escape(str(e))}")
+        out.err.print(f"[red]error:[/] {escape(cli_message(e, args))}")
         return 1
 
 
@@ -187,8 +197,37 @@ def cmd_study_status(args: argparse.Namespace) -> int:
         with Client(args.url, args.api_key, retry=RetryPolicy(attempts=5)) as client:
             return _show_study(client.study(args.id), args, out)
     except (AlignaheadError, OSError, ValueError) as e:
-        out.err.print(f"[red]error:[/] {escape(str(e))}")
+        out.err.print(f"[red]error:[/] {escape(cli_message(e, args))}")
         return 1
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    out = Output(args.json)
+    try:
+        with Client(args.url, args.api_key, retry=RetryPolicy(attempts=5)) as client:
+            found = []
+            for study in client.studies():
+                found.append(study.data)
+                if args.limit and len(found) >= args.limit:
+                    break
+    except (AlignaheadError, OSError, ValueError) as e:
+        out.err.print(f"[red]error:[/] {escape(cli_message(e, args))}")
+        return 1
+    if out.as_json:
+        out.json(found)
+        return 0
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    for col in ("name", "jobs", "status", "created"):
+        table.add_column(col)
+    for st in found:
+        counts = " ".join(f"{k}={v}" for k, v in (st.get("counts") or {}).items() if v)
+        created = str(st.get("created_at", ""))[:16].replace("T", " ")
+        table.add_row(st["id"], escape(st.get("name") or "-"), str(st.get("jobs", "-")), counts, created)
+    out.table(table)
+    if not found:
+        out.err.print("no studies")
+    return 0
 
 
 def add_commands(sub: Any) -> None:
@@ -205,7 +244,7 @@ def add_commands(sub: Any) -> None:
         help="a spec path and its values, YAML scalars (none is the string, null is None); repeatable, e.g. "
         "--axis distillation.strategy=none,one-to-one,alignahead --axis distillation.alpha=0.5,1",
     )
-    p.add_argument("--name", help="the study's name (its jobs are named after it)")
+    p.add_argument("--name", help="the study's name (default: the spec's name; its jobs are named after it)")
     p.add_argument("--local", action="store_true", help="run every job here, one after the other, not on the service")
     p.add_argument("--wait", action="store_true", help="wait for the service's jobs to finish, then print the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -218,3 +257,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--wait", action="store_true", help="wait for its jobs to finish first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_study_status)
+    text = "list the service's studies, newest first"
+    p = sub.add_parser("studies", parents=common, help=text, description=text)
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
+    p.set_defaults(func=cmd_studies)

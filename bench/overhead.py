@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from alignahead.enums import ACTIVE
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "service"))  # the test suite's process helpers
 
@@ -42,8 +44,8 @@ def main() -> int:
     from alignahead.datasets import load_dataset
     from alignahead.spec import JobSpec
     from alignahead.trainer import Trainer
-    from service.app import create_app
-    from service.settings import Settings
+    from service.api.app import create_app
+    from service.core.settings import Settings
 
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="overhead-"))
@@ -72,7 +74,7 @@ def main() -> int:
                     up = c.post("/v1/datasets", files=files).raise_for_status().json()
                     raw["dataset"] = {**up["dataset_spec"], "split": raw["dataset"]["split"]}
                 job = c.post("/v1/jobs", json=raw).raise_for_status().json()
-                while job["status"] in ("queued", "running"):
+                while job["status"] in ACTIVE:
                     time.sleep(0.5)
                     job = c.get(f"/v1/jobs/{job['id']}").json()
             assert job["status"] == "succeeded", job

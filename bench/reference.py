@@ -11,31 +11,33 @@ What is mirrored from the published loop (alternating schedule):
 - the distillation loss is divided by k - 1, then loss = label + alpha * lsp, one optimiser step.
 
 What is shared with the Trainer on purpose, so that both start from identical weights and see the
-same batches: `Student`/`StudentConfig`, `torch.manual_seed(seed)` then the students built in order,
+same batches: `StudentConfig`, the DGL-era students built from it (bench/dgl_students.py: DGL's
+layers, the parameters and initialisation of ours), `torch.manual_seed(seed)` then the students built in order,
 the optimiser construction, the batching (one graph -> that graph; several -> `torch.randperm` with a
 `torch.Generator` seeded with the seed, drawn once per student pass, `dgl.batch` of batch_size graphs)
-and peers run in eval mode under no_grad.
+and peers run in eval mode under no_grad. Everything else is DGL's: the graphs are `Graph.to_dgl()`
+copies of the dataset's (same edge order), the students and the structure run on DGL's kernels. With
+strategy 'none' it is the floor of the DGL-era code (bench/compare.py's `dgl-floor`).
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from collections.abc import Callable
 from typing import Any
 
-os.environ.setdefault("DGLBACKEND", "pytorch")
+import dgl
+import dgl.function as fn
+import torch
+import torch.nn.functional as F
+from dgl.nn.functional import edge_softmax
 
-import dgl  # noqa: E402
-import dgl.function as fn  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from dgl.nn.functional import edge_softmax  # noqa: E402
-
-from alignahead.datasets import GraphDataset  # noqa: E402
-from alignahead.models import Student, StudentConfig  # noqa: E402
-from alignahead.spec import JobSpec  # noqa: E402
+from alignahead.datasets import GraphDataset
+from alignahead.models import StudentConfig
+from alignahead.spec import JobSpec
+from bench.compare import init_checksum
+from bench.dgl_students import DglStudent
 
 # --- the original's two helpers ------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ def _counts(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> tup
 
 
 @torch.no_grad()
-def _evaluate(model: Student, dataset: GraphDataset, device: torch.device) -> dict[str, float | None]:
+def _evaluate(model: DglStudent, dataset: GraphDataset, device: torch.device) -> dict[str, float | None]:
     """Val and test scores; one forward per distinct graph, counts pooled over a split's graphs."""
     model.eval()
     out: dict[str, float | None] = {}
@@ -119,18 +121,13 @@ def _evaluate(model: Student, dataset: GraphDataset, device: torch.device) -> di
         num = den = 0.0
         for g in graphs:
             if id(g) not in cache:
-                gd = g.to(device)
+                gd = g.to_dgl().to(device)
                 cache[id(g)] = model(gd, gd.ndata["feat"])[0]
             mask = g.ndata[f"{split}_mask"].to(device)
             n, d = _counts(cache[id(g)][mask], g.ndata["label"].to(device)[mask], dataset.multilabel)
             num, den = num + n, den + d
         out[split] = num / den if den else None
     return out
-
-
-def init_checksum(models: list[Student]) -> list[float]:
-    """Sum of every parameter per student: equal lists mean (in practice) identical initial weights."""
-    return [float(sum(p.detach().double().sum() for p in m.parameters())) for m in models]
 
 
 def run_reference(
@@ -153,14 +150,14 @@ def run_reference(
 
     torch.manual_seed(t.seed)
     models = [
-        Student(StudentConfig.from_spec(s, dataset.num_features, dataset.num_classes)).to(device)
+        DglStudent(StudentConfig.from_spec(s, dataset.num_features, dataset.num_classes)).to(device)
         for s in spec.expanded_students()
     ]
     opt_kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[t.optimizer]
     optimizers = [opt_kind(m.parameters(), lr=t.lr, weight_decay=t.weight_decay) for m in models]
     shuffle = torch.Generator().manual_seed(t.seed)
     pairs = reference_pairs(d.strategy, spec.students[0].hidden_layers)
-    train_graphs = [g.to(device) for g in dataset.train]
+    train_graphs = [g.to_dgl().to(device) for g in dataset.train]
     k = len(models)
     checksum = init_checksum(models)
 

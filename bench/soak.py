@@ -42,8 +42,8 @@ from svc_helpers import (  # noqa: E402
     temporary_postgres_database,
 )
 
-from service.broker import declare_queues, make_celery  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.core.broker import declare_queues, make_celery  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
 
 FINISHED = ("succeeded", "failed", "cancelled")
 

@@ -15,10 +15,10 @@ import sys
 
 from sqlalchemy import inspect
 
-from service import keys
-from service.db import make_engine, make_sessionmaker, transaction
-from service.errors import NotFound
-from service.settings import Settings
+from service.core import keys
+from service.core.db import make_engine, make_sessionmaker, transaction
+from service.core.errors import NotFound
+from service.core.settings import Settings
 
 
 def _sessions(settings: Settings):  # type: ignore[no-untyped-def]

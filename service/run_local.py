@@ -1,6 +1,6 @@
 """One command for a laptop: migrate, start one Celery worker, serve the API; Ctrl-C stops both.
 
-    python -m service.run_local [--host 127.0.0.1] [--port 8000]
+    python -m service.run_local [--host 127.0.0.1] [--port 8000]     (make run [HOST=...] [PORT=...])
 
 Uses the same ALIGNAHEAD_* settings as everything else; the defaults keep the database and the
 broker in SQLite files under ./var, so nothing else needs to run. On first start it creates an API
@@ -22,12 +22,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-from service import keys
-from service.app import create_app
-from service.broker import declare_queues, is_sqla_broker, make_celery
-from service.db import make_engine, make_sessionmaker, transaction
-from service.enums import Queue
-from service.settings import Settings
+from alignahead.enums import Queue
+from service.api.app import create_app
+from service.core import keys
+from service.core.broker import declare_queues, is_sqla_broker, make_celery
+from service.core.db import make_engine, make_sessionmaker, transaction
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("alignahead.run_local")
@@ -127,11 +127,16 @@ def main(argv: list[str] | None = None) -> int:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         worker = subprocess.Popen(worker_command(settings), env=env)
-        print(f"worker started (pid {worker.pid}); API on http://{args.host}:{args.port}/docs", flush=True)
+        print(f"worker started (pid {worker.pid})", flush=True)
+    url = f"http://{args.host}:{args.port}"
+    print(f"dashboard {url}/, API docs {url}/docs; for the CLI and the client: export ALIGNAHEAD_URL={url}",
+          flush=True)  # fmt: skip
     # uvicorn re-raises the SIGTERM it shut down on: as SystemExit here, so that the worker is stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port)
+        # log_format json: uvicorn leaves its loggers to the root's handler, which create_app made JSON
+        log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=log_config)
     finally:
         if worker is not None:
             stop(worker)

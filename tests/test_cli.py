@@ -77,13 +77,46 @@ def test_resume_refuses_the_state_of_another_spec(tmp_path: Path) -> None:
         ({"dataset": {"name": "nope"}}, "unknown dataset 'nope'"),
         ({"students": [{"arch": "gcn", "count": 1}]}, "needs at least 2 students"),
         ({"students": [{"hidden_size": -1, "count": 2}]}, "students.0.hidden_size"),
+        (
+            {"students": [{"hiden_size": 8, "count": 2}]},
+            "students.0.hiden_size: unknown field 'hiden_size'; did you mean 'hidden_size'?",
+        ),  # fmt: skip
+        ({"dataset": {"name": "pubmd"}}, "dataset: unknown dataset 'pubmd'; did you mean 'pubmed'?"),
     ],
 )
 def test_bad_spec_fails_before_training(tmp_path: Path, spec: dict, message: str) -> None:
     with pytest.raises(SystemExit) as err:
         main(["train", str(write_spec(tmp_path, spec)), "--out", str(tmp_path / "o")])
     assert message in str(err.value)
+    assert "Value error" not in str(err.value)  # pydantic's prefix, meaningless to a reader
     assert not (tmp_path / "o").exists()
+
+
+def test_example_npz_writes_a_graph_that_trains(tmp_path: Path, capsys) -> None:
+    from alignahead.datasets.npz import inspect_npz
+
+    path = tmp_path / "graph.npz"
+    assert main(["example-npz", str(path), "--nodes", "300", "--classes", "3", "--features", "8"]) == 0
+    assert f"alignahead upload {path}" in capsys.readouterr().out
+    info = inspect_npz(path)  # what an upload checks
+    assert (info["num_nodes"], info["num_features"], info["num_classes"], info["num_graphs"]) == (300, 8, 3, 1)
+    assert info["num_edges"] > 300 and not info["has_split"]
+    spec = {**SPEC, "dataset": {"name": "npz", "path": str(path)}, "training": {**SPEC["training"], "epochs": 2}}
+    out = tmp_path / "run"
+    assert main(["train", str(write_spec(tmp_path, spec)), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_done"] == 2 and summary["dataset"]["features"] == "row-normalized"
+    assert main(["example-npz", str(path), "--classes", "1"]) == 2  # refused, naming the field
+    assert "num_classes" in capsys.readouterr().err
+
+
+def test_train_progress_to_a_file_is_a_few_lines(tmp_path: Path, capsys) -> None:
+    spec = {**SPEC, "training": {**SPEC["training"], "epochs": 12}}
+    assert main(["train", str(write_spec(tmp_path, spec)), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err  # captured: not a terminal
+    lines = [line for line in err.splitlines() if line.startswith("train:")]
+    assert "\r" not in err and 4 <= len(lines) <= 7, err
+    assert lines[-1].startswith("train: done, epoch 12/12 (100 %)")
 
 
 def test_corrupt_npz_fails_before_training(tmp_path: Path, capsys) -> None:

@@ -318,11 +318,21 @@ def test_wait_shows_epochs_and_best_scores(capsys: pytest.CaptureFixture[str]) -
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
     client, _, _ = make_client(handler)
-    out = io.StringIO()
+    out = io.StringIO()  # a file, not a terminal: a few plain lines, not a line per refresh
     job = client.job("j1").wait(file=out)
     assert job.status == "succeeded"
     text = out.getvalue()
-    assert "2/2" in text and "best val s0=0.720" in text and "succeeded" in text
+    assert "\r" not in text and len(text.splitlines()) <= 5, text
+    assert text.splitlines()[-1] == "job j1: succeeded, epoch 2/2 (100 %), best val s0=72.0 %"
+    assert "job j1: running, epoch 1/3 (33 %), best val s0=61.0 %" in text.splitlines()
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Terminal()  # a bar that redraws itself
+    client.job("j1").wait(file=tty)
+    assert "\r" in tty.getvalue() and "2/2" in tty.getvalue() and "best val s0=72.0 %" in tty.getvalue()
 
 
 # --- downloads ---------------------------------------------------------------------------------

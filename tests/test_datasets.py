@@ -6,6 +6,7 @@ import hashlib
 import io
 import re
 import struct
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import yaml
+from graphs import needs_dgl
 from pydantic import ValidationError
 
 from alignahead import datasets
@@ -22,6 +24,7 @@ from alignahead.datasets import (
     MASK_KEYS,
     DatasetError,
     GraphDataset,
+    downloads,
     inspect_npz,
     list_datasets,
     load_dataset,
@@ -631,11 +634,18 @@ def test_load_dataset_upload() -> None:
 # --- DGL builtins ------------------------------------------------------------------------------
 
 
+def test_builtin_without_dgl_says_what_to_do(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "dgl", None)  # import dgl now raises ImportError, as where it is absent
+    with pytest.raises(DatasetError, match="DGL is not installed.*'npz'"):
+        load_dataset(DatasetSpec(name="coauthor-cs"), seed=0)
+
+
+@needs_dgl
 @pytest.mark.parametrize("name", ["cora", "coauthor-cs", "ppi"])
 def test_builtin_offline_is_a_quick_dataset_error(name: str, tmp_path: Path, monkeypatch) -> None:
     # a closed local port stands in for the unreachable server, so the real probe runs even online
     monkeypatch.setenv("DGL_REPO", "http://127.0.0.1:9/")
-    monkeypatch.setattr(datasets, "DOWNLOAD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(downloads, "DOWNLOAD_TIMEOUT_S", 1.0)
     start = time.perf_counter()
     with pytest.raises(DatasetError) as err:
         load_dataset(DatasetSpec(name=name), seed=0, data_dir=tmp_path)
@@ -648,10 +658,11 @@ def _unreachable(url: str, timeout: float) -> None:
     raise ConnectionError(f"cannot reach {url} (test)")
 
 
+@needs_dgl
 def test_failed_download_after_a_successful_probe_is_a_dataset_error(tmp_path: Path, monkeypatch) -> None:
     # the probe passes (as on a machine with a proxy), then DGL's own download fails
     monkeypatch.setenv("DGL_REPO", "http://127.0.0.1:9/")
-    monkeypatch.setattr(datasets, "_check_reachable", lambda url, timeout: None)
+    monkeypatch.setattr(downloads, "_check_reachable", lambda url, timeout: None)
     with pytest.raises(DatasetError, match="could not load dataset 'citeseer'.*127.0.0.1"):
         load_dataset(DatasetSpec(name="citeseer"), seed=0, data_dir=tmp_path)
 
@@ -660,17 +671,19 @@ def test_reachability_probe_gives_up_after_timeout(monkeypatch) -> None:
     monkeypatch.setattr("socket.create_connection", lambda *a, **k: time.sleep(3))
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match="within 0.2 s"):
-        datasets._check_reachable("https://data.dgl.ai/dataset/cora_v2.zip", 0.2)
+        downloads._check_reachable("https://data.dgl.ai/dataset/cora_v2.zip", 0.2)
     assert time.perf_counter() - start < 1
 
 
+@needs_dgl
 def test_data_dir_defaults_to_env(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ALIGNAHEAD_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(datasets, "_check_reachable", _unreachable)
+    monkeypatch.setattr(downloads, "_check_reachable", _unreachable)
     with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "cache"))):
         load_dataset(DatasetSpec(name="amazon-photo"), seed=0)
 
 
+@needs_dgl
 def test_builtin_from_local_dgl_files_gets_per_class_split(tmp_path: Path) -> None:
     # DGL keeps the GNN-benchmark npz under <data_dir>/<name>_<sha1(url)[:8]>/<name>.npz
     from dgl.data.utils import _get_dgl_url

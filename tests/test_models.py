@@ -1,18 +1,17 @@
-"""Students expose their hidden layers; checkpoints rebuild them exactly."""
+"""Students expose their hidden layers; checkpoints rebuild them exactly, as the same bytes every time."""
 
-import dgl
+import hashlib
+import subprocess
+import sys
+
 import pytest
 import torch
+from graphs import ring
+from safetensors.torch import load as st_load
 
 from alignahead import load_student, save_student
 from alignahead.checkpoints import read_metadata, student_bytes
 from alignahead.models import Student, StudentConfig
-
-
-def ring(n: int = 12) -> dgl.DGLGraph:
-    src = torch.arange(n)
-    g = dgl.graph((torch.cat([src, (src + 1) % n]), torch.cat([(src + 1) % n, src])), num_nodes=n)
-    return dgl.add_self_loop(g)
 
 
 @pytest.mark.parametrize(("arch", "width"), [("gat", 8 * 3), ("gcn", 8), ("sage", 8)])
@@ -51,3 +50,30 @@ def test_checkpoint_metadata_and_corruption() -> None:
         load_student(b"not a checkpoint")
     with pytest.raises(ValueError):
         load_student(data[: len(data) // 2])
+
+
+SAVE_TWICE = """
+import hashlib, torch
+from alignahead.checkpoints import student_bytes
+from alignahead.models import Student, StudentConfig
+torch.manual_seed(0)
+model = Student(StudentConfig(arch="gcn", in_feats=3, num_classes=2, hidden_layers=1, hidden_size=4))
+extra = {f"key{i}": str(i) for i in range(12)}
+print(*(hashlib.sha256(student_bytes(model, extra)).hexdigest() for _ in range(3)))
+"""
+
+
+def test_the_same_student_is_the_same_file_in_every_process() -> None:
+    """safetensors writes its metadata in a hash map's order, which changes per save and per process;
+    the header is rewritten sorted, so that runs compare by their checkpoints' sha256."""
+    runs = [subprocess.run([sys.executable, "-c", SAVE_TWICE], capture_output=True, text=True, check=True)
+            for _ in range(2)]  # fmt: skip
+    hashes = [h for run in runs for h in run.stdout.split()]
+    assert len(hashes) == 6 and len(set(hashes)) == 1, hashes
+    torch.manual_seed(0)
+    model = Student(StudentConfig(arch="gcn", in_feats=3, num_classes=2, hidden_layers=1, hidden_size=4))
+    data = student_bytes(model, {f"key{i}": str(i) for i in range(12)})
+    assert hashlib.sha256(data).hexdigest() == hashes[0]
+    assert int.from_bytes(data[:8], "little") % 8 == 0  # the header stays padded as safetensors pads it
+    assert all(torch.equal(t, model.state_dict()[k]) for k, t in st_load(data).items())
+    assert read_metadata(data)["key11"] == "11" and load_student(data).config == model.config

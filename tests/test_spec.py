@@ -32,6 +32,11 @@ def test_defaults_are_the_papers_ppi_setting() -> None:
         ({"training": {"epoch": 3}}, "training.epoch"),  # a typo is not silently ignored
         ({"dataset": {"name": "npz"}}, "needs 'path'"),
         ({"dataset": {"name": "upload"}}, "needs 'upload_id'"),
+        # pydantic reads true as 1: a boolean is not a number, nor a seed
+        ({"training": {"seed": True}}, "not true or false"),
+        ({"dataset": {"split": {"seed": False}}}, "dataset.split.seed"),
+        ({"distillation": {"tau": True}}, "distillation.tau"),
+        ({"dataset": {"split": {"seed": -1}}}, "dataset.split.seed"),
         (
             {"students": [{"arch": "gat", "hidden_layers": 2}, {"arch": "gcn", "hidden_layers": 3}]},
             "same 'hidden_layers'",
@@ -43,6 +48,12 @@ def test_bad_specs_are_rejected_with_a_clear_message(data: dict, message: str) -
         JobSpec.model_validate(data)
     text = str(err.value)
     assert message in text or message in str([".".join(map(str, e["loc"])) for e in err.value.errors()])
+
+
+def test_booleans_stay_booleans() -> None:
+    spec = JobSpec.model_validate({"dataset": {"name": "cora", "largest_component": True},
+                                   "students": [{"count": 2, "residual": False}]})  # fmt: skip
+    assert spec.dataset.largest_component is True and spec.students[0].residual is False
 
 
 def test_independent_training_allows_one_student_and_mixed_depths() -> None:

@@ -1,14 +1,13 @@
 """The local-structure distribution, the KL loss and the layer pairing of each strategy."""
 
-import dgl
 import pytest
 import torch
+from graphs import random_graph, symmetric
 
+from alignahead.graph import Graph
+from alignahead.kernels import EDGE_L1, compile_mode_set, edge_l1_plain
 from alignahead.structure import (
     distillation_loss,
-    edge_l1,
-    edge_l1_plain,
-    fused_l1,
     layer_distances,
     layer_pairs,
     local_structure,
@@ -18,9 +17,9 @@ from alignahead.structure import (
 )
 
 
-def small_graph() -> dgl.DGLGraph:
+def small_graph() -> Graph:
     # 0->2, 1->2, 2->2 (self loop), 2->0, 0->0, 1->1
-    return dgl.graph((torch.tensor([0, 1, 2, 2, 0, 1]), torch.tensor([2, 2, 2, 0, 0, 1])), num_nodes=3)
+    return Graph(torch.tensor([0, 1, 2, 2, 0, 1]), torch.tensor([2, 2, 2, 0, 0, 1]), 3)
 
 
 def test_layer_pairs_state_the_cycle() -> None:
@@ -89,80 +88,36 @@ def test_distillation_loss_averages_over_peers() -> None:
     torch.testing.assert_close(both, (one[0] + one[1]) / 2)
 
 
-def random_graph(n: int, e: int, seed: int) -> dgl.DGLGraph:
-    gen = torch.Generator().manual_seed(seed)
-    return dgl.add_self_loop(
-        dgl.graph((torch.randint(0, n, (e,), generator=gen), torch.randint(0, n, (e,), generator=gen)), num_nodes=n)
-    )
-
-
-def test_fused_edge_distance_is_available_here() -> None:
-    # this machine has a C++ compiler: the fused path must really run, not silently fall back
-    assert fused_l1.usable(torch.zeros(2, 2))
-    assert fused_l1.usable(torch.zeros(2, 2, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fused_edge_distance_equals_the_plain_one_on_random_graphs(seed: int) -> None:
-    n, width = [(50, 7), (300, 33), (1000, 192)][seed]
-    g = random_graph(n, 8 * n, seed)
-    src, dst = g.edges()
-    h = torch.randn(n, width, generator=torch.Generator().manual_seed(seed)) * 3
-    weight = torch.randn(g.num_edges())
-    grads, values = [], []
-    for fused in (True, False):
-        x = h.clone().requires_grad_(True)
-        d = edge_l1(x, src, dst, fused)
-        (d * weight).sum().backward()
-        values.append(d.detach())
-        grads.append(x.grad)
-    assert torch.equal(grads[0], grads[1])  # sign(diff) scattered to both ends: exact either way
-    # forward: the same sum of `width` terms in another order, so equal up to float32 rounding
-    torch.testing.assert_close(values[0], values[1], rtol=1e-6, atol=1e-5 * width)
-
-
-def test_fused_edge_distance_passes_gradcheck_in_float64() -> None:
-    g = random_graph(12, 40, 3)
-    src, dst = g.edges()
-    # away from zero differences, where |x| has a kink and finite differences mean nothing
-    h = (torch.randn(12, 5, dtype=torch.float64) * 4).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: edge_l1(x, src, dst, True), (h,))
-    assert torch.autograd.gradcheck(lambda x: edge_l1_plain(x, src, dst), (h,))
-
-
-def test_fused_local_structure_matches_the_plain_one() -> None:
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_local_structure_is_the_same_compiled_and_eager_in_float64(mode: str) -> None:
     g = random_graph(200, 1500, 4)
-    h = torch.randn(200, 24) * 5
-    torch.testing.assert_close(local_structure(g, h, 30.0, fused=True), local_structure(g, h, 30.0, fused=False))
+    h = torch.randn(200, 24, dtype=torch.float64) * 5
+    with compile_mode_set("off"):
+        expected = local_structure(g, h, 30.0)
+    with compile_mode_set(mode):
+        torch.testing.assert_close(local_structure(g, h, 30.0), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_check_works_when_first_called_without_grad() -> None:
-    from alignahead.structure import FusedL1
-
-    fresh = FusedL1()
-    with torch.no_grad():
-        assert fresh.usable(torch.zeros(2, 2, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_edge_pairs_give_every_edge_its_own_distance(symmetric: bool) -> None:
+@pytest.mark.parametrize("both_ways", [True, False])
+def test_edge_pairs_give_every_edge_its_own_distance(both_ways: bool) -> None:
     from alignahead.structure import EdgePairs, edge_distances
 
     g = random_graph(80, 400, 5)
-    if symmetric:
-        g = dgl.add_self_loop(dgl.to_bidirected(dgl.remove_self_loop(g)))
+    if both_ways:
+        g = symmetric(g)
     pairs = EdgePairs.of(g)
     src, dst = g.edges()
     assert (pairs.src <= pairs.dst).all()
     # each edge maps to the pair of its two end nodes
     assert torch.equal(torch.minimum(src, dst), pairs.src[pairs.index])
     assert torch.equal(torch.maximum(src, dst), pairs.dst[pairs.index])
-    if symmetric:  # both directions share one pair; self-loops have their own
+    if both_ways:  # both directions share one pair; self-loops have their own
         assert len(pairs.src) == (g.num_edges() - g.num_nodes()) // 2 + g.num_nodes()
     h = torch.randn(80, 16, dtype=torch.float64, requires_grad=True)
-    for fused in (True, False):
-        d = edge_distances(g, h, fused)
-        assert torch.equal(d.detach(), edge_l1(h, src, dst, fused).detach())  # |a - b| = |b - a| exactly
+    for mode in ("on", "off"):
+        with compile_mode_set(mode):
+            d = edge_distances(g, h)
+            assert torch.equal(d.detach(), EDGE_L1(h, src, dst).detach())  # |a - b| = |b - a| exactly
         grad = torch.autograd.grad((d * torch.arange(len(d))).sum(), h)[0]
         plain = torch.autograd.grad((edge_l1_plain(h, src, dst) * torch.arange(len(d))).sum(), h)[0]
         torch.testing.assert_close(grad, plain, rtol=1e-12, atol=1e-9)
@@ -172,7 +127,7 @@ def test_auto_tau_is_the_median_of_each_graphs_own_distances() -> None:
     from alignahead.structure import auto_tau, edge_distances
 
     a, b = random_graph(30, 120, 6), random_graph(20, 80, 7)
-    batch = dgl.batch([a, b])
+    batch = Graph.batch([a, b])
     h = torch.cat([torch.randn(30, 8), 1000 * torch.randn(20, 8)])  # two graphs, scales 1000x apart
     d = edge_distances(batch, h)
     tau = auto_tau(batch, d)

@@ -16,18 +16,19 @@ cache must then be exact; on arbitrary graphs it must agree to float32 rounding.
 
 from __future__ import annotations
 
-import dgl
 import pytest
 import torch
 
 from alignahead import JobSpec
 from alignahead.datasets import GraphDataset, load_dataset
+from alignahead.graph import Graph
+from alignahead.kernels import compile_mode_set
 from alignahead.structure import distillation_loss, layer_distances, peer_targets, student_layers
-from alignahead.trainer import Callbacks, History, Trainer
+from alignahead.trainer import Callbacks, History, StudentEpoch, Trainer
 
 
 class Recomputing(Trainer):
-    def _epoch_alternating(self) -> list[tuple[float, float, float, float]]:
+    def _epoch_alternating(self) -> dict[int, StudentEpoch]:
         alpha, tau = self.spec.distillation.alpha, self.spec.distillation.tau
         out = []
         for i, model in enumerate(self.students):
@@ -41,39 +42,42 @@ class Recomputing(Trainer):
                         if j != i:
                             peer.eval()
                             with torch.no_grad():
-                                peers.append(peer_targets(graph, peer(graph, feat)[1], self.pairs, tau, self.fused))
+                                peers.append(peer_targets(graph, peer(graph, feat)[1], self.pairs, tau))
                 model.train()
                 logits, hidden = model(graph, feat)
                 task = self._task_loss(logits, graph)
-                own = layer_distances(graph, hidden, student_layers(self.pairs), self.fused)
+                own = layer_distances(graph, hidden, student_layers(self.pairs))
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
                 for k, v in enumerate((loss, task, distill)):
                     sums[k] += v.item()
             n = len(batches)
-            out.append((sums[0] / n, sums[1] / n, sums[2] / n, 0.0))
-        return out
+            out.append(StudentEpoch(sums[0] / n, sums[1] / n, sums[2] / n, 0.0))
+        return dict(enumerate(out))
 
-    def _epoch_simultaneous(self) -> list[tuple[float, float, float, float]]:
+    def _epoch_simultaneous(self) -> dict[int, StudentEpoch]:
         alpha, tau = self.spec.distillation.alpha, self.spec.distillation.tau
         sums = [[0.0, 0.0, 0.0] for _ in self.students]
         batches = self._batches()
         for _, graph in batches:
             feat = graph.ndata["feat"]
-            outs = [model.train()(graph, feat) for model in self.students]
-            targets = [peer_targets(graph, hidden, self.pairs, tau, self.fused) for _, hidden in outs]
+            outs = []
+            for i, model in enumerate(self.students):
+                with self.randomness.of(i):  # each student's own dropout stream, as the trainer draws it
+                    outs.append(model.train()(graph, feat))
+            targets = [peer_targets(graph, hidden, self.pairs, tau) for _, hidden in outs]
             for i, (logits, hidden) in enumerate(outs):
                 peers = [targets[j] for j in range(len(outs)) if j != i and self.pairs]
                 task = self._task_loss(logits, graph)
-                own = layer_distances(graph, hidden, student_layers(self.pairs), self.fused)
+                own = layer_distances(graph, hidden, student_layers(self.pairs))
                 distill = distillation_loss(graph, own, peers, self.pairs)
                 loss = task + alpha * distill
                 self._step(i, loss)
                 for m, v in enumerate((loss, task, distill)):
                     sums[i][m] += v.item()
         n = len(batches)
-        return [(s[0] / n, s[1] / n, s[2] / n, 0.0) for s in sums]
+        return {i: StudentEpoch(s[0] / n, s[1] / n, s[2] / n, 0.0) for i, s in enumerate(sums)}
 
 
 def multigraph_spec(schedule: str, strategy: str = "alignahead", dataset: dict | None = None) -> JobSpec:
@@ -104,7 +108,7 @@ def aligned_graphs(count: int = 7, n: int = 64, features: int = 12, classes: int
     for _ in range(count):
         v = torch.arange(n)
         src = torch.cat([(v + o) % n for o in (0, 1, -1, 7, -7)])
-        g = dgl.graph((src, v.repeat(5)), num_nodes=n)
+        g = Graph(src, v.repeat(5), n)
         g.ndata["feat"] = torch.randn(n, features, generator=gen)
         g.ndata["label"] = torch.randint(0, classes, (n,), generator=gen)
         graphs.append(g)
@@ -116,23 +120,24 @@ def aligned_graphs(count: int = 7, n: int = 64, features: int = 12, classes: int
 
 
 def train(
-    cls: type[Trainer], spec: JobSpec, fused: bool, dataset: GraphDataset | None = None, reuse_mb: float = 0.0
+    cls: type[Trainer], spec: JobSpec, compiled: bool, dataset: GraphDataset | None = None, reuse_mb: float = 0.0
 ) -> tuple[list, list]:
     history = History()
     dataset = dataset or load_dataset(spec.dataset, seed=spec.training.seed)
-    result = cls(spec, dataset, Callbacks(history), fused=fused, reuse_forward_mb=reuse_mb).run()
+    with compile_mode_set("on" if compiled else "off"):
+        result = cls(spec, dataset, Callbacks(history), reuse_forward_mb=reuse_mb).run()
     rows = [(r.epoch, r.student, r.loss, r.task_loss, r.distill_loss, r.val_score, r.test_score) for r in history.rows]
     return rows, [s.__dict__ for s in result.students]
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
 @pytest.mark.parametrize("strategy", ["alignahead", "one-to-one"])
-def test_cached_schedules_equal_the_recomputing_loops(schedule: str, strategy: str, fused: bool) -> None:
+def test_cached_schedules_equal_the_recomputing_loops(schedule: str, strategy: str, compiled: bool) -> None:
     spec = multigraph_spec(schedule, strategy)
     dataset = aligned_graphs()
-    fast_rows, fast_summary = train(Trainer, spec, fused, dataset)
-    slow_rows, slow_summary = train(Recomputing, spec, fused, dataset)
+    fast_rows, fast_summary = train(Trainer, spec, compiled, dataset)
+    slow_rows, slow_summary = train(Recomputing, spec, compiled, dataset)
     assert all(r[4] > 0 for r in fast_rows)  # distillation is really in play
     assert fast_rows == slow_rows  # exact: every loss of every student and epoch, and every score
     assert fast_summary == slow_summary
@@ -160,9 +165,9 @@ def test_one_graph_alternating_equals_the_recomputing_loop(dropout: float) -> No
     spec = spec.model_copy(update={"students": [type(spec.students[0])(**s) for s in students]})
     dataset = load_dataset(spec.dataset, seed=spec.training.seed)
     for budget_mb, kept in ((1000.0, dropout == 0), (0.001, False), (0.0, False)):  # fits; too small; off
-        trainer = Trainer(spec, dataset, fused=True, reuse_forward_mb=budget_mb)
+        trainer = Trainer(spec, dataset, reuse_forward_mb=budget_mb)
         trainer.run(stop_after=1)
-        assert bool(trainer._kept) == kept  # the path under test is really taken
+        assert all(trainer.peers.keeps_forward(i) == kept for i in range(3))  # the path under test is taken
     expected = train(Recomputing, spec, True)
     assert train(Trainer, spec, True, reuse_mb=1000.0) == expected
     assert train(Trainer, spec, True, reuse_mb=0.001) == expected

@@ -17,10 +17,10 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.broker import make_celery
-from service.db import make_engine, make_sessionmaker, transaction
-from service.jobcore import Lease
-from service.settings import Settings
+from service.core.broker import make_celery
+from service.core.db import make_engine, make_sessionmaker, transaction
+from service.core.jobcore import Lease
+from service.core.settings import Settings
 
 
 @dataclass
@@ -50,9 +50,9 @@ def get_worker_context(celery: Celery | None = None) -> WorkerContext:
     ctx = _contexts.get(pid)
     if ctx is None:
         settings = Settings()
-        from alignahead.runtime import set_torch_threads  # the library's one place for it, as in the CLI
+        from alignahead.runtime import set_torch_threads  # ALIGNAHEAD_TORCH_THREADS, the library's setting
 
-        set_torch_threads(settings.torch_threads)
+        set_torch_threads()
         engine = make_engine(settings.database_url, idle_transaction_seconds=settings.stale_after_seconds)
         ctx = WorkerContext(
             settings=settings,

@@ -6,7 +6,7 @@ What is kept: records of the `alignahead` logger hierarchy (the library's `align
 that runs the job or by its heartbeat thread; exceptions with their traceback. Lines are buffered and
 written with the job's own writes (each epoch, each heartbeat, before it ends), fenced by its claim
 like every write of its worker. At most `job_log_max_lines` per job: the first half and the latest
-lines; the middle is dropped (see service.jobcore.append_logs), and so is a line's middle past
+lines; the middle is dropped (see service.core.jobcore.append_logs), and so is a line's middle past
 `job_log_max_chars`.
 """
 
@@ -19,15 +19,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from service import jobcore
-from service.jobcore import Claim
+from service.core import jobcore
+from service.core.jobcore import Claim
+from service.core.logs import LogContext
 from worker.context import WorkerContext
 
 log = logging.getLogger("alignahead.worker")
 CAPTURED = "alignahead"  # the logger hierarchy whose records a job keeps
 
-# thread id -> the job it runs, for the job id in the worker's own log lines
-_jobs_by_thread: dict[int, str] = {}
+# thread id -> the job it runs; job id -> the same, for its heartbeat thread: the job's fields in the
+# worker's own log lines (service.core.logs.FIELDS)
+_jobs_by_thread: dict[int, LogContext] = {}
+_jobs_by_id: dict[str, LogContext] = {}
 HEARTBEAT_PREFIX = "heartbeat-"  # worker.runner.Heartbeat names its thread heartbeat-<job id>
 
 
@@ -40,37 +43,54 @@ def clip(text: str, limit: int) -> str:
     return text[: keep // 2] + note + text[len(text) - (keep - keep // 2) :]
 
 
-def job_of(record: logging.LogRecord) -> str | None:
-    job_id = _jobs_by_thread.get(record.thread or 0)
-    if job_id is None and record.threadName and record.threadName.startswith(HEARTBEAT_PREFIX):
+def context_of(record: logging.LogRecord) -> LogContext | None:
+    """The job that the record's thread runs (or beats for), if any."""
+    ctx = _jobs_by_thread.get(record.thread or 0)
+    if ctx is None and record.threadName and record.threadName.startswith(HEARTBEAT_PREFIX):
         job_id = record.threadName[len(HEARTBEAT_PREFIX) :]
-    return job_id
+        ctx = _jobs_by_id.get(job_id) or LogContext(job_id=job_id)
+    return ctx
+
+
+def job_of(record: logging.LogRecord) -> str | None:
+    ctx = context_of(record)
+    return None if ctx is None else ctx.job_id
 
 
 class JobIdFilter(logging.Filter):
-    """On the worker's handlers: a line logged while a job runs says which job, once."""
+    """On the worker's handlers: a line logged while a job runs carries the job's fields (job_id,
+    tenant, attempt, request_id) and, for people (`prefix`), says which job in its text, once."""
+
+    def __init__(self, prefix: bool) -> None:
+        super().__init__()
+        self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        job_id = job_of(record)
-        if job_id is not None and getattr(record, "job_id", None) is None:
-            record.job_id = job_id
-            try:
-                mentioned = job_id in record.getMessage()
-            except Exception:  # a malformed record: logging reports it itself
-                return True
-            if not mentioned:  # the prefix holds no '%': formatting with the record's args is unchanged
-                record.msg = f"[job {job_id}] {record.msg}"
+        ctx = context_of(record)
+        if ctx is None or getattr(record, "job_id", None) is not None:
+            return True  # no job, or stamped by an earlier handler
+        ctx.stamp(record)
+        if not self.prefix:
+            return True
+        try:
+            mentioned = ctx.job_id in record.getMessage()
+        except Exception:  # a malformed record: logging reports it itself
+            return True
+        if not mentioned:  # the prefix holds no '%': formatting with the record's args is unchanged
+            record.msg = f"[job {ctx.job_id}] {record.msg}"
         return True
 
 
-_FILTER = JobIdFilter()
+TEXT_FILTER = JobIdFilter(prefix=True)
+JSON_FILTER = JobIdFilter(prefix=False)  # the fields are the JSON line's own keys
 
 
-def tag_worker_log() -> None:
-    """Add the job-id filter to the root logger's handlers (Celery's), once each."""
+def tag_worker_log(log_format: str = "text") -> None:
+    """Add the job filter to the root logger's handlers (Celery's), once each."""
+    job_filter = JSON_FILTER if log_format == "json" else TEXT_FILTER
     for handler in logging.getLogger().handlers:
-        if _FILTER not in handler.filters:
-            handler.addFilter(_FILTER)
+        if job_filter not in handler.filters:
+            handler.addFilter(job_filter)
 
 
 class JobLogHandler(logging.Handler):
@@ -134,14 +154,16 @@ def capture(ctx: WorkerContext, claim: Claim, last_seq: int) -> Iterator[JobLogH
     level = logger.level
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)  # the job's INFO lines are kept even where the worker logs less
-    tag_worker_log()
+    tag_worker_log(ctx.settings.log_format)
     me = threading.get_ident()
-    _jobs_by_thread[me] = claim.job_id
+    job = LogContext(request_id=claim.request_id, tenant=claim.tenant_id, job_id=claim.job_id, attempt=claim.attempts)
+    _jobs_by_thread[me] = _jobs_by_id[claim.job_id] = job
     logger.addHandler(handler)
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
         _jobs_by_thread.pop(me, None)
+        _jobs_by_id.pop(claim.job_id, None)
         logger.setLevel(level)
         handler.flush()

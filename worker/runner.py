@@ -18,12 +18,14 @@ from dataclasses import asdict
 from typing import Any
 
 from alignahead.datasets import DatasetError, load_dataset
+from alignahead.enums import JobStatus
+from alignahead.metrics import EpochMetrics
+from alignahead.parallel import RankFailed
 from alignahead.spec import JobSpec
-from alignahead.trainer import Callbacks, Checkpoint, EpochMetrics, Trainer, TrainResult
-from service import dispatch, jobcore
-from service.enums import JobStatus
-from service.jobcore import Claim, Signals
-from worker import store
+from alignahead.trainer import Callbacks, Checkpoint, Trainer, TrainResult
+from service.core import dispatch, jobcore
+from service.core.jobcore import Claim, Signals
+from worker import monitoring, store
 from worker.context import WorkerContext, shutting_down
 from worker.joblog import JobLogHandler
 
@@ -106,6 +108,7 @@ class JobRunner:
         self.flags = Flags(claim.cancel_requested)
         self.seconds: dict[str, float] = defaultdict(float)  # time outside training, by what
         self._state_saved = time.monotonic()
+        self._epoch_started = time.perf_counter()  # reset when training starts and after each epoch's write
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -122,6 +125,8 @@ class JobRunner:
         except LostClaim:
             log.warning("job %s was taken over by another worker; this delivery stops", job_id)
             return "lost"
+        except RankFailed as e:
+            return self._rank_lost(str(e))
         except Exception as e:
             log.exception("job %s failed", job_id)
             return self._finish(JobStatus.FAILED, error=error_message(e))
@@ -145,6 +150,22 @@ class JobRunner:
             )
         return self._hand_back()  # shutting down
 
+    def _rank_lost(self, reason: str) -> str:
+        """A rank of the parallel job died: the attempt is over (every rank stopped); requeue the job to
+        resume from its stored state, as for a lost worker, up to ALIGNAHEAD_MAX_ATTEMPTS."""
+        log.warning("job %s: %s", self.claim.job_id, reason)
+        self._flush_logs()
+        with self.ctx.tx() as s:
+            status = jobcore.lose_rank(s, self.claim, reason, max_attempts=self.settings.max_attempts)
+        if status is None:
+            return "lost"
+        if status == JobStatus.FAILED:
+            log.warning("job %s failed: its ranks died %d time(s)", self.claim.job_id, self.settings.max_attempts)
+            return str(status)
+        dispatch.send(self.ctx.tx, self.ctx.celery, self.settings, self.claim.job_id, self.claim.queue)
+        log.warning("job %s requeued after a lost rank; it resumes from its saved state", self.claim.job_id)
+        return "requeued"
+
     def _hand_back(self) -> str:
         log.warning("job %s: worker shutting down; handing the job back to the queue", self.claim.job_id)
         self._flush_logs()
@@ -165,12 +186,12 @@ class JobRunner:
         dataset = load_dataset(
             self.spec.dataset,
             seed=self.spec.training.seed,
-            data_dir=self.settings.data_dir,
             resolve_upload=self._upload,
             max_bytes=self.settings.max_unpacked_bytes,
         )
         callbacks = Callbacks(on_epoch=self._on_epoch, on_checkpoint=self._on_checkpoint, should_cancel=self.flags.stop)
-        self.trainer = Trainer(self.spec, dataset, callbacks)
+        devices = self.settings.worker_devices
+        self.trainer = Trainer(self.spec, dataset, callbacks, devices=devices)
         if saved is not None:
             try:
                 self.trainer.load_state_bytes(saved[1])
@@ -178,13 +199,15 @@ class JobRunner:
             except Exception:
                 # the epochs are redone from the start; their stored rows are compared, not rewritten
                 log.warning("job %s: stored training state unusable; starting over", self.claim.job_id, exc_info=True)
-                self.trainer = Trainer(self.spec, dataset, callbacks)
+                self.trainer.close()
+                self.trainer = Trainer(self.spec, dataset, callbacks, devices=devices)
         self.seconds["dataset and set-up"] += time.perf_counter() - t0
         log.info(
             "job %s: %d student(s), strategy %s, epochs %d to %d of %d (set-up took %.1f s)", self.claim.job_id,
             self.spec.num_students, self.spec.distillation.strategy, self.trainer.epoch + 1, self.spec.training.epochs,
             self.spec.training.epochs, self.seconds["dataset and set-up"],
         )  # fmt: skip
+        self._epoch_started = time.perf_counter()
         return self.trainer.run()
 
     def _flush_logs(self) -> None:
@@ -211,6 +234,8 @@ class JobRunner:
         )  # fmt: skip
 
     def _release_device(self) -> None:
+        if self.trainer is not None:
+            self.trainer.close(abort=True)  # a parallel job's ranks, if the run did not end them
         self.trainer = None
         try:
             import torch
@@ -230,19 +255,21 @@ class JobRunner:
         t0 = time.perf_counter()
         epoch = metrics[0].epoch
         assert self.trainer is not None  # callbacks fire only inside trainer.run()
+        device = self.trainer.device.type
+        monitoring.EPOCHS.labels(device).inc()
+        monitoring.EPOCH_SECONDS.labels(device).observe(t0 - self._epoch_started)
         summaries = [asdict(s) for s in self.trainer.summaries]  # updated before on_epoch is called
         state = None
         due = time.monotonic() - self._state_saved >= self.settings.state_every_seconds
         if epoch % self.settings.state_every_epochs == 0 and due and epoch < self.spec.training.epochs:
             state = self.trainer.state_bytes()  # consistent here: the epoch is complete
             self._state_saved = time.monotonic()
-        rows = [asdict(m) for m in metrics]
         with self.ctx.tx() as s:
             outcome = jobcore.record_epoch(
                 s,
                 self.claim,
                 self.ctx.lease,
-                rows,
+                metrics,
                 epoch=epoch,
                 summaries=summaries,
                 state=state,
@@ -253,7 +280,8 @@ class JobRunner:
             log.warning("job %s: epoch %d redone after a resume differs from the stored rows, which are kept: %s",
                         self.claim.job_id, epoch, "; ".join(outcome.mismatches))  # fmt: skip
         self._flush_logs()
-        self.seconds["epoch writes"] += time.perf_counter() - t0
+        self._epoch_started = time.perf_counter()
+        self.seconds["epoch writes"] += self._epoch_started - t0
         if self.flags.lost.is_set():
             raise LostClaim
 

@@ -1,14 +1,14 @@
 """The worker's reads of the job database. Every write a worker makes to a job is a state change and
-goes through service.jobcore (claim, heartbeat, record_epoch, store_checkpoint, finish, release)."""
+goes through service.core.jobcore (claim, heartbeat, record_epoch, store_checkpoint, finish, release)."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.enums import JobStatus
-from service.jobcore import Claim
-from service.models import Job, JobLog, JobState, Upload
+from alignahead.enums import JobStatus
+from service.core.jobcore import Claim
+from service.core.models import Job, JobLog, JobState, Upload
 
 
 def resume_state(session: Session, claim: Claim) -> tuple[int, bytes] | None:

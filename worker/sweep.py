@@ -3,7 +3,7 @@
 kombu's SQL transport hides a delivered message until it is acknowledged and never shows it again if
 the worker holding it is SIGKILLed; Redis brings it back only after a long visibility timeout; a Redis
 restarted without persistence forgets its queues. So each worker, when it starts and then
-periodically: takes back stale running jobs (service.jobcore's one rule; a job that lost
+periodically: takes back stale running jobs (service.core.jobcore's one rule; a job that lost
 max_attempts workers fails instead), sends every stored job that no broker has, and re-sends queued
 jobs whose message is older than the grace period. Extra messages are harmless: a claim takes only
 queued jobs, so duplicates are dropped.
@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from service import dispatch, jobcore
-from service.broker import enqueue
+from service.core import dispatch, jobcore
+from service.core.broker import enqueue
 from worker.context import WorkerContext
 
 log = logging.getLogger("alignahead.worker")

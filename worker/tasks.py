@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from service import jobcore
-from service.broker import RUN_JOB, enqueue
-from worker import store
+from service.core import jobcore
+from service.core.broker import RUN_JOB, enqueue
+from worker import monitoring, store
 from worker.app import app
 from worker.context import get_worker_context, shutting_down
 from worker.joblog import capture
@@ -18,6 +18,12 @@ log = logging.getLogger("alignahead.worker")
 @app.task(name=RUN_JOB)
 def run_job(job_id: str) -> str:
     """Claim the job and run it; a delivery that cannot claim it (a duplicate) is dropped."""
+    outcome = _run(job_id)
+    monitoring.DELIVERIES.labels(outcome).inc()
+    return outcome
+
+
+def _run(job_id: str) -> str:
     ctx = get_worker_context(app)
     if shutting_down.is_set():  # a warm shutdown still drains messages; leave this one to the next worker
         with ctx.tx() as s:
@@ -31,7 +37,8 @@ def run_job(job_id: str) -> str:
     if claim is None:
         log.info("job %s: not claimable (finished, cancelled, unknown or running elsewhere); dropped", job_id)
         return "dropped"
-    with capture(ctx, claim, last_log_seq) as logs:  # from here on the job's log lines are kept with it
+    with monitoring.JOBS_RUNNING.track_inprogress(), capture(ctx, claim, last_log_seq) as logs:
+        # from here on the job's log lines are kept with it
         if claim.attempts > 1:
             log.warning("job %s: attempt %d (of at most %d), resuming", job_id, claim.attempts,
                         ctx.settings.max_attempts)  # fmt: skip

@@ -2,7 +2,12 @@
 logs, upload. Each talks to a service through `alignahead.client` (never its code).
 
 URL and key come from --url/--api-key or $ALIGNAHEAD_URL/$ALIGNAHEAD_API_KEY. Output is a table for
-people, JSON with --json for scripts. Errors print the server's message and exit 1.
+people, JSON with --json for scripts; scores in percent, as the dashboard shows them. Errors print
+the service's message, its hints for HTTP clients put in the CLI's words, and exit 1.
+
+Exit codes: 0 when the command did what it says or its goal already held (`cancel` of a job that had
+already finished: the job is not running either way, and the message says which); 1 when it could not
+(unknown id, unreachable service, a refusal, a failed job waited for); 130 when Ctrl-C stopped waiting.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,14 +23,40 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from alignahead import metrics
 from alignahead.client.client import Client
-from alignahead.client.errors import AlignaheadError
+from alignahead.client.errors import AlignaheadError, APIError, Conflict, ServiceUnavailable, Unauthorized
 from alignahead.client.jobs import CHECKPOINT_KINDS, Job
+from alignahead.client.progress import percent
 from alignahead.client.transport import RetryPolicy
+from alignahead.enums import JobStatus
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-METRIC_COLUMNS = ("epoch", "student", "loss", "task_loss", "distill_loss", "train_score", "val_score", "test_score")
-STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+STATUSES = tuple(JobStatus)
+METRIC_COLUMNS = ("epoch", "student", *metrics.VALUES)
+SCORE_COLUMNS = frozenset({"train_score", "val_score", "test_score"})
+KEY_FILE = "var/local-api-key"  # where `make run` keeps the key of the tenant 'local'
+KEY_HELP = (
+    f"pass --api-key KEY or set ALIGNAHEAD_API_KEY (`make run` keeps the local tenant's key in {KEY_FILE}: "
+    f"export ALIGNAHEAD_API_KEY=$(cat {KEY_FILE}))"
+)
+# the service's hints for HTTP clients, and the same in the CLI's words
+CLI_WORDS = [
+    (re.compile(r"list jobs with GET /v1/jobs"), "`alignahead jobs` lists them"),
+    (re.compile(r"list studies with GET /v1/studies"), "`alignahead studies` lists them"),
+    (re.compile(r"[Cc]ancel it first with POST /v1/jobs/(\w+)/cancel"), r"cancel it first: alignahead cancel \1"),
+    (
+        re.compile(r"upload one with POST /v1/datasets \(GET /v1/datasets lists them\)"),
+        "upload one with `alignahead upload FILE`",
+    ),  # fmt: skip
+    (re.compile(r"see GET /v1/jobs/(\w+)/checkpoints"), r"`alignahead status \1` shows the job"),
+]
+STATUS_STYLE = {
+    JobStatus.QUEUED: "yellow",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.SUCCEEDED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "magenta",
+}
 
 Command = Callable[[Client, argparse.Namespace, "Output"], int]
 
@@ -58,6 +90,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3e}" if value and abs(value) < 1e-3 else f"{value:.4f}"
     return escape(str(value))
+
+
+def _score(value: float | None) -> str:
+    return percent(value) if value is None or isinstance(value, int | float) else escape(str(value))
 
 
 def _status(status: str) -> str:
@@ -104,15 +140,15 @@ def _students_table(job: Job) -> Table:
         table.add_row(
             str(s["student"]),
             s["arch"],
-            _fmt(s.get("best_val")),
+            _score(s.get("best_val")),
             _fmt(s.get("best_epoch")),
-            _fmt(s.get("test_at_best")),
+            _score(s.get("test_at_best")),
         )
     return table
 
 
 def _metric_row(row: dict[str, Any]) -> list[str]:
-    return [_fmt(row.get(c)) for c in METRIC_COLUMNS]
+    return [(_score if c in SCORE_COLUMNS else _fmt)(row.get(c)) for c in METRIC_COLUMNS]
 
 
 def _metrics_table(rows: list[dict[str, Any]]) -> Table:
@@ -138,7 +174,7 @@ def _wait(job: Job, args: argparse.Namespace, out: Output) -> int:
     else:
         out.table(_job_table(job))
         out.table(_students_table(job))
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         out.err.print(f"[red]job {job.id} failed:[/] {escape(job.error or '')}")
         return 1
     return 0
@@ -222,14 +258,26 @@ def cmd_metrics(client: Client, args: argparse.Namespace, out: Output) -> int:
                 out.err.print(f"job {job.id}: {_status(event.data['status'])}, epoch {_progress(event.data)}")
     except KeyboardInterrupt:
         return 130
-    return 1 if job.status == "failed" else 0
+    return 1 if job.status == JobStatus.FAILED else 0
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace, out: Output) -> int:
-    job = client.job(args.id).cancel()
+    """Exit 0 whenever the job ends up not running: cancelled now, stopping within its epoch, or already
+    finished before (said so, with its status); 1 only where the command could not act."""
+    job = client.job(args.id)
+    already = job.done
+    if not already:
+        try:
+            job.cancel()
+        except Conflict:  # it finished between the two requests
+            already = job.refresh().done
+            if not already:
+                raise
     if out.as_json:
         out.json(job.data)
-    elif job.status == "running":
+    elif already:
+        out.line(f"job {job.id} had already finished ({_status(job.status)}); nothing to cancel")
+    elif job.status == JobStatus.RUNNING:
         out.line(f"job {job.id}: cancel requested; it stops within its current epoch")
     else:
         out.line(f"job {job.id}: {_status(job.status)}")
@@ -237,11 +285,12 @@ def cmd_cancel(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_delete(client: Client, args: argparse.Namespace, out: Output) -> int:
-    client.job(args.id).delete()
+    job = client.job(args.id)  # the whole id, also when given its start
+    job.delete()
     if out.as_json:
-        out.json({"id": args.id, "deleted": True})
+        out.json({"id": job.id, "deleted": True})
     else:
-        out.line(f"job {args.id} deleted")
+        out.line(f"job {job.id} deleted")
     return 0
 
 
@@ -331,6 +380,24 @@ def add_commands(sub: Any) -> None:
     p.add_argument("path")
 
 
+def cli_message(error: BaseException, args: argparse.Namespace) -> str:
+    """An error as the CLI's user acts on it: flags, environment variables and the key file rather than
+    HTTP headers and Python arguments; the service's own message kept, with its HTTP hints translated."""
+    if isinstance(error, ServiceUnavailable) and error.url:
+        return (f"cannot reach the alignahead service at {error.url} ({error.reason}); is it running "
+                "(`make run`)? Give its address with --url URL or ALIGNAHEAD_URL")  # fmt: skip
+    if isinstance(error, Unauthorized):
+        if not (args.api_key or os.environ.get("ALIGNAHEAD_API_KEY")):
+            return f"no API key given: {KEY_HELP}"
+        source = "--api-key" if args.api_key else "ALIGNAHEAD_API_KEY"
+        return f"{error.message} (HTTP {error.status_code}; the key came from {source})\n  {KEY_HELP}"
+    text = str(error)
+    if isinstance(error, APIError):
+        for pattern, words in CLI_WORDS:
+            text = pattern.sub(words, text)
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     out = Output(args.json)
     try:
@@ -338,5 +405,5 @@ def run(args: argparse.Namespace) -> int:
         with Client(args.url, args.api_key, retry=RetryPolicy(attempts=5)) as client:
             return args.command_func(client, args, out)
     except (AlignaheadError, OSError, ValueError) as e:
-        out.err.print(f"[red]error:[/] {escape(str(e))}")
+        out.err.print(f"[red]error:[/] {escape(cli_message(e, args))}")
         return 1

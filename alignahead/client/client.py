@@ -94,6 +94,7 @@ class Client:
         return Job(self._http, data)
 
     def job(self, job_id: str) -> Job:
+        """A job by its id or a unique start of it (6 characters or more; the service resolves it)."""
         return Job(self._http, self._http.json("GET", f"/v1/jobs/{job_id}"))
 
     def jobs(
@@ -145,6 +146,7 @@ class Client:
         return Study(self._http, self._http.json("POST", "/v1/studies", json=body, idempotent=False))
 
     def study(self, study_id: str) -> Study:
+        """A study by its id or a unique start of it (6 characters or more)."""
         return Study(self._http, self._http.json("GET", f"/v1/studies/{study_id}"))
 
     def studies(self, *, page_size: int = 100) -> Iterator[Study]:

@@ -20,7 +20,13 @@ class AlignaheadError(Exception):
 
 
 class ServiceUnavailable(AlignaheadError):
-    """The service could not be reached (connection refused, timeouts) even after retrying."""
+    """The service could not be reached (connection refused, timeouts) even after retrying; `url` is
+    where it was looked for (None where unknown), `reason` what went wrong."""
+
+    def __init__(self, message: str, *, url: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason or message
 
 
 class APIError(AlignaheadError):

@@ -18,10 +18,11 @@ from typing import Any, Literal
 import httpx
 from httpx_sse import EventSource, SSEError
 
+from alignahead import enums
 from alignahead.client.errors import APIError, ServiceUnavailable
 from alignahead.client.transport import Http
 
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+FINISHED = frozenset(enums.FINISHED)
 STREAM_READ_TIMEOUT = 90.0  # the server sends a keep-alive comment well within this
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
+from alignahead import metrics
 from alignahead.client.errors import (
     ChecksumMismatch,
     Conflict,
@@ -20,12 +21,13 @@ from alignahead.client.errors import (
 from alignahead.client.events import FINISHED, Event, follow, metric_pages
 from alignahead.client.progress import EpochBar
 from alignahead.client.transport import Http
+from alignahead.enums import JobStatus
 from alignahead.spec import JobSpec
 
 if TYPE_CHECKING:
-    import dgl
     import pandas
 
+    from alignahead.graph import Graph
     from alignahead.models import Student
 
 CHECKPOINT_KINDS = ("best", "final")
@@ -44,8 +46,7 @@ class MetricRows(list[dict[str, Any]]):
             import pandas
         except ImportError as e:
             raise ImportError("as_dataframe() needs pandas, which is not installed: pip install pandas") from e
-        columns = ["seq", "epoch", "student", "loss", "task_loss", "distill_loss", "train_score", "val_score",
-                   "test_score", "seconds", "created_at"]  # fmt: skip
+        columns = ["seq", *metrics.FIELDS, "created_at"]
         frame = pandas.DataFrame(list(self), columns=columns if not self else None)
         if "created_at" in frame:
             frame["created_at"] = pandas.to_datetime(frame["created_at"])
@@ -131,7 +132,8 @@ class Job:
         poll_interval: float = 1.0,
         file: TextIO | None = None,
     ) -> Job:
-        """Block until the job ends, showing a bar of epochs with the best validation scores so far.
+        """Block until the job ends, showing a bar of epochs with the best validation scores so far (a
+        few plain lines when `file`, by default stderr, is not a terminal).
 
         Raises JobFailed when it ends `failed` (unless raise_on_failure=False) and TimeoutError after
         `timeout` seconds (the job keeps running). A cancelled job is returned as it is.
@@ -143,7 +145,7 @@ class Job:
                     bar.update(event)
         finally:
             bar.close()
-        if self.status == "failed" and raise_on_failure:
+        if self.status == JobStatus.FAILED and raise_on_failure:
             raise JobFailed(self)
         return self
 
@@ -171,7 +173,7 @@ class Job:
             self.data = self._http.json("POST", f"/v1/jobs/{self.id}/cancel", idempotent=True)
         except Conflict:
             # already finished; if a retried request was the one that cancelled it, that is success
-            if self.refresh().status != "cancelled":
+            if self.refresh().status != JobStatus.CANCELLED:
                 raise
         return self
 
@@ -281,7 +283,7 @@ class Job:
             return load_student(self.download(student, kind, path), device=device)
         return load_student(self.checkpoint_bytes(student, kind), device=device)
 
-    def load_graph(self, split: str = "test", **kwargs: Any) -> dgl.DGLGraph:
+    def load_graph(self, split: str = "test", **kwargs: Any) -> Graph:
         """The graph this job trains on (see `alignahead.load_graph`)."""
         from alignahead.inference import load_graph
 

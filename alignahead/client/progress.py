@@ -1,12 +1,72 @@
-"""A progress bar of a job's epochs, with each student's best validation score so far."""
+"""Progress while waiting: of a job's epochs (with each student's best validation score so far) and of a
+study's finished jobs.
+
+On a terminal a bar that redraws itself (tqdm). Written to a file or a pipe a redrawing bar would leave
+a line per refresh, so there it is a few plain lines instead: one when waiting starts, one per quarter
+of the work and one whenever the status changes.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
 from alignahead.client.events import Event
+
+QUARTERS = 4  # plain lines: one per quarter of the work done
+
+
+def is_terminal(file: TextIO) -> bool:
+    try:
+        return file.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def percent(score: float | None) -> str:
+    """A score (accuracy, micro-F1: a fraction) in percent, as the dashboard shows it."""
+    return "-" if score is None else f"{100 * score:.1f} %"
+
+
+class Progress:
+    """A count of `unit`s done out of a total, with a status text: a tqdm bar on a terminal, else lines."""
+
+    def __init__(
+        self, desc: str, unit: str, total: int | None, done: int, *, enabled: bool, file: TextIO | None
+    ) -> None:
+        self.file = file if file is not None else sys.stderr
+        self.desc, self.unit = desc, unit
+        self.lines = enabled and not is_terminal(self.file)
+        self.bar = tqdm(total=total, initial=done, unit=unit, desc=desc, disable=not enabled or self.lines,
+                        file=file, dynamic_ncols=True)  # fmt: skip
+        self.total, self.done = total, done
+        self._last_line: tuple[str, int] | None = None
+
+    def set_total(self, total: int | None) -> None:
+        if total and total != self.total:
+            self.total = self.bar.total = total
+
+    def advance_to(self, done: int) -> None:
+        if done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
+
+    def show(self, status: str, detail: str = "") -> None:
+        self.bar.set_postfix_str(status + (f" {detail}" if detail else ""), refresh=True)
+        if not self.lines:
+            return
+        quarter = self.done * QUARTERS // self.total if self.total else 0
+        if self._last_line == (status, quarter):
+            return
+        self._last_line = (status, quarter)
+        share = f" ({100 * self.done // self.total} %)" if self.total else ""
+        text = f"{self.desc}: {status}, {self.unit} {self.done}/{self.total or '?'}{share}"
+        print(text + (f", {detail}" if detail else ""), file=self.file, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class EpochBar:
@@ -17,15 +77,8 @@ class EpochBar:
         self.best: dict[int, float] = {}
         self.num_students = len(job.get("students") or []) or 1
         self.status = job.get("status", "")
-        self.bar = tqdm(
-            total=progress.get("total"),
-            initial=progress.get("epoch", 0),
-            unit="epoch",
-            desc=f"job {job.get('id', '')[:8]}",
-            disable=not enabled,
-            file=file,
-            dynamic_ncols=True,
-        )
+        self.progress = Progress(f"job {job.get('id', '')[:8]}", "epoch", progress.get("total"),
+                                 progress.get("epoch", 0), enabled=enabled, file=file)  # fmt: skip
         self._students(job)
         self._show()
 
@@ -34,13 +87,9 @@ class EpochBar:
             if s.get("best_val") is not None:
                 self.best[s["student"]] = max(self.best.get(s["student"], s["best_val"]), s["best_val"])
 
-    def _advance(self, epoch: int) -> None:
-        if epoch > self.bar.n:
-            self.bar.update(epoch - self.bar.n)
-
     def _show(self) -> None:
-        scores = " ".join(f"s{i}={v:.3f}" for i, v in sorted(self.best.items()))
-        self.bar.set_postfix_str(f"{self.status}" + (f" best val {scores}" if scores else ""), refresh=True)
+        scores = " ".join(f"s{i}={percent(v)}" for i, v in sorted(self.best.items()))
+        self.progress.show(self.status, f"best val {scores}" if scores else "")
 
     def update(self, event: Event) -> None:
         data = event.data
@@ -49,16 +98,16 @@ class EpochBar:
             if val is not None and val > self.best.get(data["student"], float("-inf")):
                 self.best[data["student"]] = val
             # an epoch is done when its last student's row arrives
-            self._advance(data["epoch"] if data["student"] >= self.num_students - 1 else data["epoch"] - 1)
+            last = data["student"] >= self.num_students - 1
+            self.progress.advance_to(data["epoch"] if last else data["epoch"] - 1)
         else:
             self.status = data["status"]
             progress = data.get("progress") or {}
-            if progress.get("total") and self.bar.total != progress["total"]:
-                self.bar.total = progress["total"]
-            self._advance(progress.get("epoch", 0))
+            self.progress.set_total(progress.get("total"))
+            self.progress.advance_to(progress.get("epoch", 0))
             self.num_students = len(data.get("students") or []) or self.num_students
             self._students(data)
         self._show()
 
     def close(self) -> None:
-        self.bar.close()
+        self.progress.close()

@@ -6,11 +6,11 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from tqdm.auto import tqdm
-
 from alignahead.client.errors import NotFound
 from alignahead.client.jobs import Job
+from alignahead.client.progress import Progress
 from alignahead.client.transport import Http
+from alignahead.enums import FINISHED
 
 
 class Study:
@@ -42,7 +42,7 @@ class Study:
 
     @property
     def finished(self) -> int:
-        return sum(self.counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+        return sum(self.counts.get(s, 0) for s in FINISHED)
 
     @property
     def done(self) -> bool:
@@ -74,21 +74,20 @@ class Study:
         poll_interval: float = 1.0,
         file: TextIO | None = None,
     ) -> Study:
-        """Block until no job of the study is queued or running, with a bar of finished jobs.
+        """Block until no job of the study is queued or running, with a bar of finished jobs (a few
+        plain lines when `file`, by default stderr, is not a terminal).
 
         TimeoutError after `timeout` seconds (the jobs go on). Failed jobs do not raise: the table counts
         only succeeded ones, and `counts` says how many failed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.refresh()
-        bar = tqdm(total=self.total, initial=self.finished, unit="job", desc=f"study {self.id[:8]}",
-                   disable=not progress, file=file, dynamic_ncols=True)  # fmt: skip
+        bar = Progress(f"study {self.id[:8]}", "job", self.total, self.finished, enabled=progress, file=file)
         try:
             while True:
-                bar.total = self.total
-                if self.finished > bar.n:
-                    bar.update(self.finished - bar.n)
+                bar.set_total(self.total)
+                bar.advance_to(self.finished)
                 shown = {k: v for k, v in self.counts.items() if v}
-                bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in shown.items()), refresh=True)
+                bar.show("done" if self.done else "running", " ".join(f"{k}={v}" for k, v in shown.items()))
                 if self.done:
                     return self
                 if deadline is not None and time.monotonic() > deadline:

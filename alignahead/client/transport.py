@@ -67,6 +67,7 @@ class Http:
     ) -> None:
         self.url = (url or os.environ.get("ALIGNAHEAD_URL") or DEFAULT_URL).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("ALIGNAHEAD_API_KEY")
+        self.has_key = bool(key)
         self.retry = retry or RetryPolicy()
         self.events_supported = True  # set False once the service shows it has no event stream
         from alignahead import __version__
@@ -103,7 +104,9 @@ class Http:
                 response = self.client.send(self.client.build_request(method, path, **kwargs), stream=True)
             except httpx.TransportError as e:
                 if not (safe or isinstance(e, _NOT_SENT)):
-                    raise ServiceUnavailable(f"{method} {self.url}{path} failed: {type(e).__name__}: {e}") from e
+                    reason = f"{method} {path} failed: {type(e).__name__}: {e}"
+                    raise ServiceUnavailable(f"{method} {self.url}{path} failed: {type(e).__name__}: {e}",
+                                             url=self.url, reason=reason) from e  # fmt: skip
                 last = e
             else:
                 if response.status_code < 400:
@@ -121,9 +124,12 @@ class Http:
             if attempt < self.retry.attempts:
                 self.retry.sleep(self.retry.delay(attempt, wait))
         if isinstance(last, httpx.TransportError):
+            reason = f"{type(last).__name__}: {last}; {self.retry.attempts} tries"
             raise ServiceUnavailable(
-                f"cannot reach the alignahead service at {self.url} ({type(last).__name__}: {last}) after "
-                f"{self.retry.attempts} tries; is it running? Set ALIGNAHEAD_URL or pass url="
+                f"cannot reach the alignahead service at {self.url} ({reason}); is it running? "
+                "Set ALIGNAHEAD_URL or pass url=",
+                url=self.url,
+                reason=reason,
             ) from last
         assert last is not None
         raise last

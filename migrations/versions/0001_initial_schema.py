@@ -1,6 +1,6 @@
 """initial schema: jobs, metrics, checkpoints, job_states, uploads
 
-Datetimes are naive UTC (service.models.UTCDateTime); binary payloads are LargeBinary (bytea / BLOB).
+Datetimes are naive UTC (service.core.db.UTCDateTime); binary payloads are LargeBinary (bytea / BLOB).
 
 Revision ID: 0001
 Revises:

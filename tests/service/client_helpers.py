@@ -9,8 +9,8 @@ from types import TracebackType
 
 import uvicorn
 
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.settings import Settings
 
 
 class LiveServer:

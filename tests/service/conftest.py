@@ -26,9 +26,9 @@ from svc_helpers import (
     temporary_postgres_database,
 )
 
-from service.app import create_app
-from service.db import make_engine
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.db import make_engine
+from service.core.settings import Settings
 
 # shared fixtures serve many tests' submissions; quotas are tested on apps of their own
 ROOMY = {"max_active_jobs": 10_000, "max_submissions_per_minute": 10_000}
@@ -91,7 +91,6 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             database_url=database_url,
             broker_url=REDIS_URL,
             queue_prefix=prefix,
-            data_dir=str(folder / "data"),
             auth_secret=TEST_SECRET,
             **FAST,
             **ROOMY,

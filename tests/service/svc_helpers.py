@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,9 +28,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from service import keys
-from service.db import make_engine, make_sessionmaker, transaction
-from service.settings import Settings
+from service.core import keys
+from service.core.db import make_engine, make_sessionmaker, transaction
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("ALIGNAHEAD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -47,8 +48,6 @@ FAST = {
     # tests read what a worker or the test itself just wrote; the poll cache has tests of its own
     "poll_cache_seconds": 0.0,
     "events_poll_seconds": 0.1,  # event streams see worker writes within this long
-    # one thread per worker: two cores are shared with the test process (and whatever else runs)
-    "torch_threads": 1,
 }
 
 
@@ -93,10 +92,12 @@ def npz_bytes(n: int = 60, classes: int = 3, seed: int = 0, **extra: Any) -> byt
 
 
 TEST_SECRET = "test-secret-not-for-production"
+EMPTY_DATA_DIR = tempfile.mkdtemp(prefix="alignahead-test-datasets-")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNAHEAD_")}
+    env["ALIGNAHEAD_COMPILE"] = os.environ["ALIGNAHEAD_COMPILE"]  # the tests' kernel policy (conftest), as in-process
     for name, value in settings.model_dump().items():
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
@@ -104,8 +105,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = ",".join(value)
         if value is not None:
             env[f"ALIGNAHEAD_{name.upper()}"] = str(value)
-    env["DGLBACKEND"] = "pytorch"
-    env["OMP_NUM_THREADS"] = str(settings.torch_threads or 1)
+    # the library's runtime settings (alignahead.runtime) for the processes tests start: one torch
+    # thread (two cores are shared with the test process and whatever else runs), and an empty
+    # dataset folder, so a built-in dataset is not found offline rather than read from a user's cache
+    env.update(ALIGNAHEAD_TORCH_THREADS="1", OMP_NUM_THREADS="1", ALIGNAHEAD_DATA_DIR=EMPTY_DATA_DIR)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -151,10 +154,10 @@ def migrate(database_url: str) -> Config:
 class Worker:
     """`celery -A worker.app worker` as a subprocess, its log in a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, name: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, name: str, queues: tuple[str, ...] = ("cpu", "gpu")) -> None:
         self.log_path = log_path
-        queues = ",".join(settings.queue_name(q) for q in ("cpu", "gpu"))
-        argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queues, "--pool", "solo",
+        served = ",".join(settings.queue_name(q) for q in queues)
+        argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", served, "--pool", "solo",
                 "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
                 "-n", f"{name}@%h"]  # fmt: skip
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -256,7 +259,7 @@ class Service:
 def api_without_worker(name: str, folder: Path, **overrides: Any) -> Iterator[Service]:
     """The API (in-process) over a migrated embedded database in `folder`, with no worker: jobs stay
     queued; authorised for tenant 'tests'."""
-    from service.app import create_app  # the API's modules only where a test serves it
+    from service.api.app import create_app  # the API's modules only where a test serves it
 
     settings = embedded_settings(folder, **overrides)
     migrate(settings.database_url)
@@ -275,7 +278,6 @@ def embedded_settings(folder: Path, **overrides: Any) -> Settings:
     values = {
         "database_url": f"sqlite:///{folder / 'alignahead.db'}",
         "broker_url": f"sqla+sqlite:///{folder / 'broker.db'}",
-        "data_dir": str(folder / "data"),  # empty: built-in datasets cannot be found offline
         "queue_prefix": f"t{uuid.uuid4().hex[:8]}.",
         "auth_secret": TEST_SECRET,
         **FAST,
@@ -293,8 +295,8 @@ def free_port() -> int:
 class ApiServer:
     """The API as a real uvicorn process on a free port, killable and restartable on the same port."""
 
-    def __init__(self, settings: Settings, log_path: Path, key: str | None = None) -> None:
-        self.settings, self.log_path = settings, log_path
+    def __init__(self, settings: Settings, log_path: Path, key: str | None = None, workers: int = 1) -> None:
+        self.settings, self.log_path, self.workers = settings, log_path, workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers = bearer(key) if key else {}
@@ -302,8 +304,8 @@ class ApiServer:
         self.start()
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_from_env", "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:app_from_env", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "warning", "--workers", str(self.workers)]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=settings_env(self.settings), stdout=log,
                                          stderr=subprocess.STDOUT)  # fmt: skip
@@ -328,6 +330,15 @@ class ApiServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM: uvicorn shuts down, its worker processes too (SIGKILL would orphan them)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def restart(self) -> None:
         self.kill()

@@ -129,10 +129,12 @@ def test_redoc_renders_offline(page: Page, guard: OffsiteGuard, live: str, servi
 
 
 def _sign_in(page: Page, live: str, key: str, wrong_first: bool = False) -> None:
-    """Open the dashboard with an empty session: it asks for the key once and keeps it in sessionStorage."""
+    """Open the dashboard with an empty session: it asks for the key once (no error before it asked, and
+    it says where `make run` keeps one) and keeps it in sessionStorage."""
     page.goto(f"{live}/")
     page.locator("#key-dialog[open]").wait_for()
-    page.locator("#key-error").get_by_text("this endpoint needs an API key").wait_for()  # the service's words
+    assert page.locator("#key-error").is_hidden()  # a first visit is asked for a key, not told off
+    assert "var/local-api-key" in page.locator("#key-where").inner_text()
     if wrong_first:  # the service's refusal is shown and the dialog stays until a key works
         page.fill("#key-input", "alh_000000000000_" + "x" * 43)
         page.click("#key-save")
@@ -151,6 +153,11 @@ def _points(page: Page, metric: str) -> int:
     return int(page.get_attribute(f".chart[data-metric='{metric}']", "data-points") or 0)
 
 
+def _legend(page: Page, metric: str) -> list[str]:
+    """The values a chart's legend shows, line by line (the epoch left out)."""
+    return page.locator(f".chart[data-metric='{metric}'] .u-legend .u-series td.u-value").all_inner_texts()[1:]
+
+
 def test_dashboard_follows_a_running_job_and_cancels_it(
     page: Page, guard: OffsiteGuard, live: str, service: Service
 ) -> None:
@@ -166,11 +173,11 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
 
         row = page.locator(f"tr[data-job='{job['id']}']")
         row.locator(".status.running").wait_for()
-        cells = row.locator("td").all_inner_texts()
-        assert cells[2] == "synthetic" and cells[3] == "gcn, gcn" and re.search(r"\d+/10000", cells[4]), cells
+        cells = row.locator("td").all_inner_texts()  # the first: the box that picks it for a comparison
+        assert cells[3] == "synthetic" and cells[4] == "gcn, gcn" and re.search(r"\d+/10000", cells[5]), cells
         # the table keeps itself up to date: the job's progress moves on without a reload
-        done_then = int(re.search(r"(\d+)/10000", cells[4]).group(1))
-        progress = f"document.querySelector(\"tr[data-job='{job['id']}'] td:nth-child(5) .muted\").textContent"
+        done_then = int(re.search(r"(\d+)/10000", cells[5]).group(1))
+        progress = f"document.querySelector(\"tr[data-job='{job['id']}'] td:nth-child(6) .muted\").textContent"
         page.wait_for_function(f"() => parseInt({progress}) > {done_then}")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SCREENSHOTS / "jobs.png")
@@ -190,6 +197,11 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
         for metric in ("task_loss", "distill_loss", "val_score", "test_score"):
             assert _points(page, metric) > seen, metric
         assert page.locator(".chart[data-metric='val_score'] .u-legend .u-series").count() == 3  # epoch + 2
+        # y-axis labels; the task loss on a log scale by default, the distillation loss linear until asked
+        axes = {m: page.get_attribute(f".chart[data-metric='{m}']", "data-axis") for m in ("task_loss", "val_score")}
+        assert axes == {"task_loss": "loss, log scale", "val_score": "score (%)"}, axes
+        assert page.get_attribute(".chart[data-metric='task_loss']", "data-log") == "true"
+        assert page.get_attribute(".chart[data-metric='distill_loss']", "data-log") == "false"
         page.locator("#job-status .status.running").wait_for()
         page.locator("#logs").get_by_text(f"job {job['id']}: attempt 1 on worker").wait_for()  # its worker's log
         # the rows came by the stream: one metrics read when the page opened, no polling since
@@ -199,6 +211,11 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
         page.screenshot(path=SCREENSHOTS / "job-running.png", full_page=True)
 
         page.click("#cancel")
+        # the page's answer first: the cancel recorded (the button goes) or the error it shows
+        answered = "() => document.getElementById('page-error') || document.getElementById('cancel').hidden"
+        page.wait_for_function(answered)
+        error = page.locator("#page-error")
+        assert not error.count(), error.inner_text()
         done = service.wait(job["id"], timeout=120)
         assert done["status"] == "cancelled", done
         page.locator("#job-status .status.cancelled").wait_for()
@@ -207,6 +224,10 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
         epochs = {r["epoch"] for r in service.metrics(job["id"], limit=10_000)["rows"]}
         assert len(epochs) == done["progress"]["epoch"]
         page.wait_for_function(f"() => {POINTS} === {len(epochs)}")
+        # not hovered, each legend shows its line's latest value (here: the last epoch's validation score)
+        rows = service.metrics(job["id"], limit=10_000)["rows"]
+        last = [max((r for r in rows if r["student"] == s), key=lambda r: r["epoch"]) for s in (0, 1)]
+        assert _legend(page, "val_score") == [f"{_js_fixed(100 * r['val_score'], 1)} %" for r in last]
         page.screenshot(path=SCREENSHOTS / "job-cancelled.png", full_page=True)
         guard.assert_offline()
         assert guard.errors == [], guard.errors  # the policy refused nothing, no script failed
@@ -251,6 +272,7 @@ def test_dashboard_form_shows_field_errors_and_submits(
     # the key dialog put away unanswered: the page says what it needs, and the key can be given later
     page.goto(f"{live}/")
     page.locator("#key-dialog[open]").wait_for()
+    assert page.locator("#key-error").is_hidden() and page.locator("#page-error").count() == 0  # not yet asked
     page.keyboard.press("Escape")
     page.locator("#page-error").get_by_text("this page needs an API key").wait_for()
     page.click("#key-button")
@@ -272,6 +294,14 @@ def test_dashboard_form_shows_field_errors_and_submits(
     assert page.locator("#spec.invalid").count() == 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "submit-field-error.png")
+
+    misspelt = small_spec(epochs=3)  # a misspelt field: the form passes on the API's suggestion
+    misspelt["students"][0]["hiden_size"] = misspelt["students"][0].pop("hidden_size", 8)
+    page.fill("#spec", json.dumps(misspelt))
+    page.click("#submit-button")
+    page.locator("#submit-errors li[data-loc='students.0.hiden_size']").get_by_text(
+        "did you mean 'hidden_size'?"
+    ).wait_for()
 
     page.fill("#spec", "dataset: [unclosed")  # not even YAML: said before anything is sent
     page.click("#submit-button")
@@ -383,6 +413,11 @@ def test_study_page_shows_the_table_and_chart_of_a_study(
         )
         assert base_diff.inner_text() == "baseline"
 
+        # the chart's legend, not hovered: each student's best cell mean, as the table has it
+        best = max((r for r in done["table"] if r["student"] == 0), key=lambda r: r["test_at_best"]["mean"])
+        legend = page.locator("#study-chart .u-legend .u-series").nth(1).locator(".u-value").inner_text()
+        assert legend.startswith(_js_fixed(100 * best["test_at_best"]["mean"], 1) + " ("), legend
+
         # a link per job, in the study's order, each to the job page
         links = page.locator("#study-jobs a[href^='#/jobs/']")
         assert [a.get_attribute("href") for a in links.all()] == [f"#/jobs/{j}" for j in done["job_ids"]]
@@ -439,3 +474,173 @@ def test_study_page_cancels_a_running_study(page: Page, guard: OffsiteGuard, liv
         for job_id in study["job_ids"]:
             service.wait(job_id, timeout=120)
         service.client.delete(f"/v1/studies/{study['id']}")
+
+
+# --- compare runs, and every page in a narrow window --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(service: Service) -> Iterator[dict[str, Any]]:
+    """Finished work to look at: a study of two seeds without a name of its own (its spec has one) and a
+    job on its own that trains fewer epochs."""
+    spec = small_spec(epochs=4) | {"name": "compare-spec"}
+    study = _submit_study(service, {"spec": spec, "seeds": 2})
+    job = service.submit(small_spec(epochs=3, seed=7) | {"name": "compare-alone"})  # curves of its own
+    done = {j: service.wait(j) for j in [*study["job_ids"], job["id"]]}
+    assert all(j["status"] == "succeeded" for j in done.values()), done
+    yield {"study": study, "job": done[job["id"]], "study_jobs": [done[j] for j in study["job_ids"]]}
+    service.client.delete(f"/v1/studies/{study['id']}")
+    service.client.delete(f"/v1/jobs/{job['id']}")
+
+
+# the four charts have `lines` lines each and `epochs` epochs drawn
+CHARTS_SHOW = """([lines, epochs]) => {
+  const charts = [...document.querySelectorAll('.chart[data-metric]')];
+  return charts.length === 4
+    && charts.every((c) => c.dataset.series === String(lines) && c.dataset.points === String(epochs));
+}"""
+
+
+def _wait_for_hash(page: Page, hash_: str) -> None:
+    page.wait_for_url(re.compile(re.escape(hash_) + "$"))
+
+
+def _last_rows(service: Service, job_id: str) -> list[dict[str, Any]]:
+    """Each student's row of the job's last epoch, by student."""
+    rows = service.metrics(job_id, limit=10_000)["rows"]
+    students = sorted({r["student"] for r in rows})
+    return [max((r for r in rows if r["student"] == s), key=lambda r: r["epoch"]) for s in students]
+
+
+def _pairs(job: dict[str, Any]) -> str:
+    return " · ".join(f"s{s['student']} {_js_fixed(100 * s['best_val'], 1)} %" for s in job["students"])
+
+
+def test_compare_view_overlays_picked_jobs(
+    page: Page, guard: OffsiteGuard, live: str, service: Service, runs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Jobs table: tick two jobs, Compare -> their curves overlaid per metric (a line per job and student,
+    a colour per job, a dash per student), legends at their latest values, their rows as CSV; the address
+    keeps the choice (a reload shows the same); a job removed from the view; a study's Compare all.
+    Saves `test-output/browser/compare.png`."""
+    alone, first = runs["job"], runs["study_jobs"][0]
+    _sign_in(page, live, make_key(service.settings, "tests"))
+    for job in (alone, first):
+        row = page.locator(f"#jobs tr[data-job='{job['id']}']")
+        assert row.locator("td[data-scores]").inner_text() == _pairs(job)  # labelled: which student is which
+    assert page.locator("#compare-button").is_disabled()  # nothing picked yet
+    page.check(f"#jobs tr[data-job='{alone['id']}'] input[data-pick]")
+    page.check(f"#jobs tr[data-job='{first['id']}'] input[data-pick]")
+    assert page.locator("#compare-button").inner_text() == "Compare 2 jobs"
+    page.click("#compare-button")
+    _wait_for_hash(page, f"#/compare?jobs={alone['id']},{first['id']}")  # in the order picked
+
+    def shows(jobs: list[dict[str, Any]]) -> None:
+        page.wait_for_function(CHARTS_SHOW, arg=[2 * len(jobs), max(j["progress"]["epoch"] for j in jobs)])
+        assert [r.get_attribute("data-job") for r in page.locator("#compare-jobs tr[data-job]").all()] == [
+            j["id"] for j in jobs
+        ]
+        for job in jobs:
+            row = page.locator(f"#compare-jobs tr[data-job='{job['id']}']")
+            assert row.locator("td[data-scores]").inner_text() == _pairs(job)
+        # a legend entry per job and student, each at that line's latest value while nothing is hovered
+        labels = page.locator(".chart[data-metric='val_score'] .u-legend .u-series .u-label").all_inner_texts()[1:]
+        assert labels == [f"{' '.join(j['name'].split())} · s{s}" for j in jobs for s in (0, 1)], labels
+        latest = [f"{_js_fixed(100 * r['val_score'], 1)} %" for j in jobs for r in _last_rows(service, j["id"])]
+        assert _legend(page, "val_score") == latest
+
+    shows([alone, first])
+    # a dash per student: the legend's markers show student 0 solid and student 1 dashed, in the job's colour
+    markers = page.locator(".chart[data-metric='val_score'] .u-legend .u-series .u-marker").all()[1:]
+    styles = [m.evaluate("(el) => [getComputedStyle(el).borderTopStyle, getComputedStyle(el).borderTopColor]")
+              for m in markers]  # fmt: skip
+    assert [s[0] for s in styles] == ["solid", "dashed", "solid", "dashed"], styles
+    assert styles[0][1] == styles[1][1] != styles[2][1] == styles[3][1], styles  # one colour per job
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "compare.png", full_page=True)
+
+    # the distillation loss goes to a log scale when asked
+    page.check(".chart[data-metric='distill_loss'] input[data-log]")
+    page.locator(".chart[data-metric='distill_loss'][data-log='true']").wait_for()
+
+    # the CSV of their rows comes through the page (the key in a header), as the API serves it
+    expected = service.client.get("/v1/metrics.csv", params={"job": [alone["id"], first["id"]]})
+    assert expected.status_code == 200
+    with page.expect_download() as info:
+        page.click("#compare-csv")
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    assert saved.read_bytes() == expected.content
+    assert page.get_attribute("#compare-csv", "href") == f"v1/metrics.csv?job={alone['id']}&job={first['id']}"
+
+    # the address is the selection: opened again (as a shared link is), it shows the same
+    page.reload()
+    shows([alone, first])
+    page.click(f"#compare-jobs tr[data-job='{alone['id']}'] button[data-remove]")
+    _wait_for_hash(page, f"#/compare?jobs={first['id']}")
+    shows([first])
+
+    # a study's page compares all its jobs at once; it goes by its spec's name, having none of its own
+    study = runs["study"]
+    page.goto(f"{live}/#/studies/{study['id']}")
+    page.locator("#study-title").get_by_text("compare-spec").wait_for()
+    page.locator("#compare-all:enabled").wait_for()
+    page.click("#compare-all")
+    _wait_for_hash(page, f"#/compare?jobs={','.join(study['job_ids'])}")
+    shows(runs["study_jobs"])
+    guard.assert_offline()
+    assert guard.errors == [], guard.errors
+
+
+def _fits(page: Page, width: int, name: str) -> None:
+    """The page does not scroll sideways at this width (wide tables scroll in their own box); saved as
+    `test-output/browser/narrow<width>-<name>.png`."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"narrow{width}-{name}.png", full_page=True)
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1] <= width, (name, widths)
+    key = page.locator("#key-button").bounding_box()
+    assert key is not None and key["x"] + key["width"] <= widths[1], (name, key)  # the header wrapped, not cut
+
+
+@pytest.mark.parametrize("width", [400, 360])  # px: a phone, or a window split in two
+def test_every_page_fits_a_narrow_window(
+    browser: Browser, live: str, service: Service, runs: dict[str, Any], width: int
+) -> None:
+    """At 400 and 360 px: jobs, a job, the submit form (at least 300 px wide), studies, a study and a
+    comparison each fit the window's width. Saves `test-output/browser/narrow<width>-*.png`."""
+    context = browser.new_context(viewport={"width": width, "height": 800})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        guard = OffsiteGuard(page, live)
+        _sign_in(page, live, make_key(service.settings, "tests"))
+        alone, study = runs["job"], runs["study"]
+        page.locator(f"#jobs tr[data-job='{alone['id']}']").wait_for()
+        _fits(page, width, "jobs")
+
+        page.goto(f"{live}/#/jobs/{alone['id']}")
+        page.wait_for_function(f"() => {POINTS} === {alone['progress']['epoch']}")
+        page.locator("#checkpoints button[data-url]").first.wait_for()
+        _fits(page, width, "job")
+
+        page.click("a[data-nav='new']")
+        box = page.locator("#spec").bounding_box()
+        assert box is not None and box["width"] >= 300, box  # the YAML is readable, not wrapped mid-word
+        _fits(page, width, "submit")
+
+        page.click("a[data-nav='studies']")
+        page.locator(f"tr[data-study='{study['id']}']").wait_for()
+        _fits(page, width, "studies")
+
+        page.goto(f"{live}/#/studies/{study['id']}")
+        page.wait_for_function(STUDY_PAGE_DONE % {"rows": 2, "n": 2, "cells": 1})
+        _fits(page, width, "study")
+
+        page.goto(f"{live}/#/compare?jobs={alone['id']},{study['job_ids'][0]}")
+        page.wait_for_function(CHARTS_SHOW, arg=[4, 4])
+        _fits(page, width, "compare")
+        guard.assert_offline()
+        assert guard.errors == [], guard.errors
+    finally:
+        context.close()

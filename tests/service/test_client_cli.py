@@ -51,17 +51,18 @@ def test_submit_wait_list_status_metrics_download(
     assert code == 0, err
     job = json.loads(out)
     assert job["status"] == "succeeded" and job["name"] == name
-    assert "4/4" in err  # the progress bar, on stderr
+    # progress on stderr: not a terminal here, so a few plain lines rather than a line per refresh
+    assert "\r" not in err and f"job {job['id'][:8]}: succeeded, epoch 4/4 (100 %)" in err
+    assert len([line for line in err.splitlines() if line.startswith(f"job {job['id'][:8]}:")]) <= 7, err
 
     code, out, _ = run(capsys, "jobs", "--name", name, "--json", "--url", live)
     assert code == 0 and [j["id"] for j in json.loads(out)] == [job["id"]]
     code, out, _ = run(capsys, "jobs", "--status", "succeeded", "--url", live)
     assert code == 0 and job["id"] in out and name in out  # a table with the whole id
 
-    code, out, _ = run(capsys, "status", job["id"], "--url", live)
-    assert code == 0 and "succeeded" in out and "epoch 4/4" in out and "test at best" in out
-    best = f"{job['students'][1]['best_val']:.4f}"
-    assert best in out
+    code, out, _ = run(capsys, "status", job["id"][:8], "--url", live)  # the start of an id, as shown above
+    assert code == 0 and job["id"] in out and "succeeded" in out and "epoch 4/4" in out and "test at best" in out
+    assert f"{100 * job['students'][1]['best_val']:.1f} %" in out  # percent, as the dashboard shows scores
 
     rows = service.metrics(job["id"])["rows"]
     code, out, _ = run(capsys, "metrics", job["id"], "--json", "--url", live)
@@ -72,17 +73,20 @@ def test_submit_wait_list_status_metrics_download(
     ]
 
     target = tmp_path / "s1.safetensors"
-    argv = ["download", job["id"], "--student", "1", "--kind", "final", "-o", str(target), "--url", live]
+    argv = ["download", job["id"][:6], "--student", "1", "--kind", "final", "-o", str(target), "--url", live]
     code, out, _ = run(capsys, *argv)
     assert code == 0 and "sha256 verified" in out
     listing = service.client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["students"]
     assert hashlib.sha256(target.read_bytes()).hexdigest() == listing[1]["final"]["sha256"]
 
-    # the server's refusals, printed, with a non-zero exit
+    # cancelling a finished job: its goal holds already, so exit 0, saying so
     code, out, err = run(capsys, "cancel", job["id"], "--url", live)
-    assert code == 1 and f"job {job['id']} is already succeeded" in err and out == ""
+    assert code == 0 and f"job {job['id']} had already finished (succeeded); nothing to cancel" in out
+    # the server's refusals, printed in the CLI's words, with a non-zero exit
     code, _, err = run(capsys, "status", "0" * 32, "--url", live)
-    assert code == 1 and "no job with id" in err
+    assert code == 1 and "no job with id" in err and "`alignahead jobs` lists them" in err and "/v1" not in err
+    code, _, err = run(capsys, "delete", "0" * 8, "--url", live)  # a start that no id has: not found either
+    assert code == 1 and "no job with id '00000000'" in err
 
 
 def test_jobs_by_tag_and_a_jobs_logs(live: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,6 +123,50 @@ def test_a_wrong_key_prints_the_servers_message(live: str, capsys: pytest.Captur
     code, out, err = run(capsys, "jobs", "--url", live, "--api-key", "alh_0000_not-a-key")  # the flag wins
     assert code == 1 and out == ""
     assert "error:" in err and "the API key is unknown, revoked or malformed" in err and "HTTP 401" in err
+    assert "the key came from --api-key" in err and "ALIGNAHEAD_API_KEY" in err and "var/local-api-key" in err
+
+
+def test_errors_speak_the_clis_words(live: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Flags, environment variables and the key file, not HTTP headers or Python arguments."""
+    monkeypatch.delenv("ALIGNAHEAD_API_KEY")
+    code, _, err = run(capsys, "jobs", "--url", live)
+    assert code == 1 and "no API key given: pass --api-key KEY or set ALIGNAHEAD_API_KEY" in err
+    assert "export ALIGNAHEAD_API_KEY=$(cat var/local-api-key)" in err and "Authorization" not in err
+
+    from svc_helpers import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(capsys, "jobs", "--url", nowhere, "--api-key", "k")
+    assert code == 1 and f"cannot reach the alignahead service at {nowhere}" in err
+    assert "--url URL or ALIGNAHEAD_URL" in err and "url=" not in err
+
+
+def test_cancel_exits_0_whenever_the_job_ends_up_stopped(
+    live: str, service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from svc_helpers import long_spec
+
+    job = service.submit(long_spec(epochs=300))
+    code, out, err = run(capsys, "cancel", job["id"][:8], "--url", live)
+    assert code == 0, err
+    assert f"job {job['id']}" in out and ("cancel requested" in out or "cancelled" in out)
+    service.wait(job["id"], until=("cancelled",))
+    code, out, err = run(capsys, "cancel", job["id"], "--url", live)  # again: it had finished, cancelled
+    assert code == 0 and f"job {job['id']} had already finished (cancelled); nothing to cancel" in out
+
+
+def test_a_misspelt_field_is_answered_with_the_nearest_one(
+    live: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = small_spec()
+    spec["students"][0]["hiden_size"] = 8
+    spec["dataset"]["name"] = "corra"
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(spec))
+    code, _, err = run(capsys, "submit", str(path), "--url", live)
+    assert code == 1
+    assert "students.0.hiden_size: unknown field 'hiden_size'; did you mean 'hidden_size'?" in err
+    assert "unknown dataset 'corra'; did you mean 'cora'?" in err and "Value error" not in err
 
 
 def test_the_cli_reads_the_environment_and_loads_neither_service_nor_torch(live: str, api_key: str) -> None:

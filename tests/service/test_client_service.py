@@ -59,7 +59,7 @@ def test_submit_wait_metrics_download_and_reproduce_test_at_best(
     bar = io.StringIO()
     assert job.wait(file=bar) is job
     assert job.status == "succeeded" and job.progress == {"epoch": 5, "total": 5}
-    assert "5/5" in bar.getvalue() and "best val s0=" in bar.getvalue()
+    assert "5/5 (100 %)" in bar.getvalue() and "best val s0=" in bar.getvalue()
 
     # every row, paged behind the scenes, equal to what the API holds
     rows = job.metrics(page_size=3)
@@ -197,13 +197,13 @@ def test_quickstart_example_runs_as_written(live: str, client: Client, service: 
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     job_id = re.search(r"submitted job ([0-9a-f]{32})", r.stdout).group(1)
-    pattern = r"best student: (\d+) .* its test accuracy: ([0-9.]+) \(the service reported ([0-9.]+)\)"
+    pattern = r"best student: (\d+) .* its test accuracy: ([0-9.]+) % \(the service reported ([0-9.]+) %\)"
     found = re.search(pattern, r.stdout)
     assert found, r.stdout
     assert found.group(2) == found.group(3)
     job = client.job(job_id)
     assert job.status == "succeeded"
     best = max(job.students, key=lambda s: s["best_val"])
-    assert int(found.group(1)) == best["student"] and f"{best['test_at_best']:.4f}" == found.group(2)
+    assert int(found.group(1)) == best["student"] and f"{100 * best['test_at_best']:.1f}" == found.group(2)
     png = (tmp_path / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000  # four panels of curves, not an empty canvas

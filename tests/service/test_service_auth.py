@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from svc_helpers import ROOT, Service, bearer, embedded_settings, migrate, npz_bytes, settings_env, small_spec
 
-from service.app import create_app
-from service.db import make_engine
+from service.api.app import create_app
+from service.core.db import make_engine
 
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"}
 
@@ -131,8 +131,8 @@ def test_admin_command_creates_lists_and_revokes_keys(uncached: Service) -> None
 
 def test_secret_is_required_off_sqlite(tmp_path: Path) -> None:
     """Several API processes must share one secret: off SQLite none is made up silently."""
-    from service.keys import SecretMissing, server_secret
-    from service.settings import Settings
+    from service.core.keys import SecretMissing, server_secret
+    from service.core.settings import Settings
 
     settings = Settings(database_url="postgresql+psycopg://x@127.0.0.1:1/x", auth_secret_file=tmp_path / "s")
     with pytest.raises(SecretMissing, match="ALIGNAHEAD_AUTH_SECRET"):

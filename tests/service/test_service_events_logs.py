@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from client_helpers import LiveServer
 from httpx_sse import EventSource
-from sqlalchemy import text
-from svc_helpers import Service, bearer, npz_bytes, small_spec
+from sqlalchemy import event, text
+from svc_helpers import Service, bearer, make_key, npz_bytes, small_spec
 
 from alignahead.client import Client, RetryPolicy
-from service import jobcore
-from service.db import make_sessionmaker, transaction
-from service.jobcore import Lease
+from alignahead.metrics import VALUES as metric_values
+from alignahead.metrics import EpochMetrics
+from service import admin
+from service.api import events
+from service.core import jobcore, keys
+from service.core.db import make_sessionmaker, transaction
+from service.core.jobcore import Lease
+from service.core.models import MetricRow
 from worker.joblog import clip
 
 
@@ -35,12 +42,14 @@ class Received:
     statuses: list[dict[str, Any]] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # every event's name, in order
     end: dict[str, Any] | None = None
+    end_at: float = 0.0  # time.monotonic() when the end event came
     closed: bool = False  # the server closed the stream
 
 
 def read_events(url: str, key: str, job_id: str, *, last_id: str | None = None, stop_after_metrics: int = 0,
-                params: dict[str, Any] | None = None) -> Received:  # fmt: skip
-    """Read a job's stream; with stop_after_metrics, drop the connection after that many rows."""
+                params: dict[str, Any] | None = None, opened: threading.Event | None = None) -> Received:  # fmt: skip
+    """Read a job's stream; with stop_after_metrics, drop the connection after that many rows; `opened`
+    is set at the first status event."""
     got = Received()
     headers = {**bearer(key), "Accept": "text/event-stream"}
     if last_id is not None:
@@ -58,8 +67,10 @@ def read_events(url: str, key: str, job_id: str, *, last_id: str | None = None, 
                         return got  # leaving the block drops the connection mid-stream
                 elif sse.event == "status":
                     got.statuses.append(sse.json())
+                    if opened is not None:
+                        opened.set()
                 elif sse.event == "end":
-                    got.end = sse.json()
+                    got.end, got.end_at = sse.json(), time.monotonic()
             got.closed = True
     return got
 
@@ -148,11 +159,146 @@ def test_a_quiet_stream_sends_keep_alives(api: Service) -> None:
         assert status["status"] == "queued" and status["id"] == job["id"]
         # the client left: the server notices and stops polling for it
         deadline = time.monotonic() + 30
-        while context.event_streams and time.monotonic() < deadline:
+        while (context.event_streams or len(context.feeds)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert context.event_streams == 0
+        assert context.event_streams == 0 and len(context.feeds) == 0  # its job's reader stopped too
         assert http.get("/healthz").status_code == 200
     api.client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+class Statements:
+    """Counts the SQL statements an engine sends (from any thread)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_args: Any) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def wait_until(check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def metric_rows(epoch: int) -> list[EpochMetrics]:
+    return [EpochMetrics(epoch=epoch, student=s, seconds=0.1, **{n: 0.5 / epoch for n in metric_values})
+            for s in (0, 1)]  # fmt: skip
+
+
+def test_many_streams_share_one_reader_and_each_gets_every_row_once(api: Service) -> None:
+    """12 streams on one job: one feed reads it (two statements a round, whatever the number of
+    streams), and their key is verified again once per auth cache lapse, not once per stream; the test
+    trains the job itself, and every stream gets every row once, then the end."""
+    job = api.submit(small_spec(epochs=6))
+    n = 12
+    settings = api.settings.model_copy(update={"auth_cache_seconds": 0.5})
+    with LiveServer(settings) as server:
+        context = server.server.config.app.state.context
+        got: list[Received] = [Received() for _ in range(n)]
+        opened = [threading.Event() for _ in range(n)]
+
+        def follow(i: int) -> None:
+            got[i] = read_events(server.url, api.key, job["id"], opened=opened[i])
+
+        threads = [threading.Thread(target=follow, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        assert all(o.wait(60) for o in opened)
+        feeds = list(context.feeds)
+        assert len(feeds) == 1 and feeds[0].watchers == n
+        feed, statements = feeds[0], Statements(context.engine)
+        rounds, since = feed.rounds, time.monotonic()
+        wait_until(lambda: feed.rounds >= rounds + 5)  # quiet rounds: reads of the feed only
+
+        sessions = make_sessionmaker(api.engine)
+        lease = Lease(60, 600)
+        with transaction(sessions) as s:  # this test is the job's worker
+            claim = jobcore.claim(s, job["id"], worker="test", lease=lease)
+        assert claim is not None
+        for epoch in range(1, 7):
+            with transaction(sessions) as s:
+                jobcore.record_epoch(s, claim, lease, metric_rows(epoch), epoch=epoch, summaries=[], state=None)
+            wait_until(lambda: feed.latest.job.progress.epoch >= epoch)  # noqa: B023 - used at once
+        with transaction(sessions) as s:
+            assert jobcore.finish(s, claim, jobcore.JobStatus.SUCCEEDED)
+        for t in threads:
+            t.join(timeout=60)
+        read, lapses = feed.rounds - rounds, (time.monotonic() - since) / settings.auth_cache_seconds + 1
+        # the feed's two a round, and a key check's two per lapse of the cache: not n times either
+        assert statements.count <= 2 * (read + 1) + 2 * lapses, (statements.count, read, lapses)
+        assert len(context.feeds) == 0
+
+    stored = api.metrics(job["id"])["rows"]
+    assert [(r["epoch"], r["student"]) for r in stored] == [(e, s) for e in range(1, 7) for s in (0, 1)]
+    for each in got:
+        assert each.metrics == stored and each.ids == [str(r["seq"]) for r in stored]
+        assert each.closed and each.kinds[-2:] == ["status", "end"] and each.end == {"status": "succeeded"}
+        seen = [(s["status"], s["progress"]["epoch"]) for s in each.statuses]
+        assert len(seen) == len(set(seen)) and seen[0] == ("queued", 0) and seen[-1] == ("succeeded", 6)
+        assert [e for _, e in seen] == sorted(e for _, e in seen)  # each change once, never backwards
+
+
+def test_a_stream_far_behind_reads_its_own_pages_then_ends(api: Service) -> None:
+    """2,050 rows stored before the stream opens (more than the feed holds, more than a page): the stream
+    reads them from the database a page at a time, each once and in order, then the status and the end."""
+    job = api.submit(small_spec(epochs=1025))
+    with api.engine.begin() as conn:
+        conn.execute(
+            MetricRow.__table__.insert(),
+            [
+                {"job_id": job["id"], "created_at": datetime.now(UTC), **asdict(row)}
+                for e in range(1, 1026)
+                for row in metric_rows(e)
+            ],
+        )
+    assert api.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200  # finished: the feed reads no more
+    with LiveServer(api.settings) as server:
+        got = read_events(server.url, api.key, job["id"], params={"since": 0})
+    stored = [r["seq"] for r in api.metrics(job["id"], since=0, limit=10_000)["rows"]]
+    assert [m["seq"] for m in got.metrics] == stored and len(stored) == 2050
+    assert got.kinds[-2:] == ["status", "end"] and got.end == {"status": "cancelled"} and got.closed
+
+
+def test_a_revoked_keys_stream_ends_within_the_auth_cache_time(api: Service) -> None:
+    """Two streams on a queued job: the one whose key is revoked (the admin command's code) ends with an
+    `end` event saying so once the auth cache would ask again; the other, opened first and so checked
+    first, goes on until the job ends."""
+    settings = api.settings.model_copy(update={"auth_cache_seconds": 2.0})
+    job = api.submit(small_spec())
+    doomed = make_key(settings, "tests")  # the tenant of api.key: it sees the job
+    with LiveServer(settings) as server:
+        got: dict[str, Received] = {}
+        opened = {"kept": threading.Event(), "doomed": threading.Event()}
+
+        def follow(name: str, key: str) -> None:
+            got[name] = read_events(server.url, key, job["id"], opened=opened[name])
+
+        kept = threading.Thread(target=follow, args=("kept", api.key))
+        kept.start()
+        assert opened["kept"].wait(60)
+        revoked = threading.Thread(target=follow, args=("doomed", doomed))
+        revoked.start()
+        assert opened["doomed"].wait(60)
+
+        admin.revoke(settings, keys.key_id_of(doomed) or "")
+        at = time.monotonic()
+        revoked.join(timeout=60)
+        ended = got["doomed"]
+        assert ended.end == {"status": None, "reason": events.REVOKED} and ended.closed
+        assert ended.end_at - at <= settings.auth_cache_seconds + 1.5  # within the cache's time (+ a loaded machine)
+        with httpx.Client(base_url=server.url, timeout=30) as http:  # as its other requests are refused
+            assert http.get(f"/v1/jobs/{job['id']}", headers=bearer(doomed)).status_code == 401
+
+        assert kept.is_alive()  # its key was checked before the revoked one's, and holds
+        assert api.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+        kept.join(timeout=60)
+        assert got["kept"].end == {"status": "cancelled"} and got["kept"].statuses[-1]["status"] == "cancelled"
 
 
 # --- logs ---------------------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ from svc_helpers import (
 from alignahead.datasets import load_dataset
 from alignahead.spec import JobSpec
 from alignahead.trainer import Callbacks, Trainer
-from service.broker import declare_queues, make_celery
-from service.settings import Settings
+from service.core.broker import declare_queues, make_celery
+from service.core.settings import Settings
 
 EPOCHS = 30
 SPEC = long_spec(epochs=EPOCHS, num_nodes=400, width=16)  # ~0.1 s an epoch: small, yet a kill lands mid-run
@@ -264,12 +264,11 @@ def _deploy(settings: Settings, folder: Path, workers: int = 2) -> Deployment:
     return dep
 
 
-def _pg_settings(url: str, folder: Path, broker: str = REDIS_URL, **extra: Any) -> Settings:
+def _pg_settings(url: str, broker: str = REDIS_URL, **extra: Any) -> Settings:
     return Settings(
         database_url=url,
         broker_url=broker,
         queue_prefix=f"f{uuid.uuid4().hex[:8]}.",
-        data_dir=str(folder / "data"),
         auth_secret=TEST_SECRET,
         **{**FAST, **extra},
     )
@@ -290,7 +289,7 @@ def pg_deployment(postgres_database: str, tmp_path_factory: pytest.TempPathFacto
     folder = tmp_path_factory.mktemp("faults-pg")
     redis_server = RedisServer(folder)
     with temporary_postgres_database("alignahead_fault") as url:
-        dep = _deploy(_pg_settings(url, folder, broker=redis_server.url, queued_grace_seconds=600.0), folder)
+        dep = _deploy(_pg_settings(url, broker=redis_server.url, queued_grace_seconds=600.0), folder)
         dep.redis = redis_server
         try:
             yield dep
@@ -402,3 +401,46 @@ def test_api_killed_while_a_client_polls(pg_deployment: Deployment) -> None:
         assert poller.errors > errors  # the poller did see the API go away
     finally:
         dep.replace_lost_workers()
+
+
+PARALLEL_SPEC = {
+    **SPEC,
+    "distillation": {"schedule": "simultaneous"},
+    "training": {**SPEC["training"], "parallel": "students", "ranks": 2},
+}
+
+
+def test_sigkill_one_rank_of_a_parallel_job(tmp_path: Path) -> None:
+    """`training.parallel: students` on a worker offering two devices: SIGKILL the second rank (a process
+    the worker spawned) mid-epoch. The attempt ends at once (the other rank's collective fails, no hang),
+    the job is requeued as after a lost worker and resumes from its saved state to the numbers and
+    checkpoints of an uninterrupted parallel run."""
+    import psutil
+
+    dep = _deploy(embedded_settings(tmp_path, worker_devices=2), tmp_path, workers=1)
+    try:
+        job, poller = _follow(dep, PARALLEL_SPEC)
+        running = poller.wait("past epoch 3", lambda j: j["status"] == "running" and j["progress"]["epoch"] >= 3)
+        worker = psutil.Process(dep.worker_running(running).proc.pid)
+        ranks = [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(ranks) == 1, [p.cmdline() for p in worker.children()]
+        ranks[0].send_signal(signal.SIGKILL)
+        resumed = poller.wait("resumed after the lost rank", lambda j: j["attempts"] >= 2)
+        done = check_against_reference(dep.api, poller, PARALLEL_SPEC)
+        assert resumed["attempts"] == 2 and done["attempts"] == 2 and done["worker_losses"] == 1, done
+        log = dep.workers[0].log()
+        assert "ended with signal SIGKILL" in log and "resumes after epoch" in log
+        # a cancel reaches every rank within the epoch: the job ends cancelled and its ranks are gone
+        long = {**PARALLEL_SPEC, "training": {**PARALLEL_SPEC["training"], "epochs": 10 * EPOCHS}}  # no race to its end
+        job = dep.submit(long)
+        poller = Poller(dep.api, job["id"])
+        poller.start()
+        poller.wait("running past epoch 2", lambda j: j["status"] == "running" and j["progress"]["epoch"] >= 2)
+        with dep.api.client() as client:
+            assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        cancelled = poller.wait("cancelled", lambda j: j["status"] == "cancelled")
+        assert cancelled["progress"]["epoch"] < 10 * EPOCHS
+        assert not [p for p in worker.children() if "spawn_main" in " ".join(p.cmdline())]
+        poller.stop()
+    finally:
+        dep.stop()

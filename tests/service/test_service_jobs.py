@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import time
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from sqlalchemy import text
-from svc_helpers import Service, long_spec, npz_bytes, small_spec
+from svc_helpers import Service, bearer, long_spec, npz_bytes, small_spec
 
 import alignahead
 from alignahead.datasets import load_dataset
 from alignahead.spec import JobSpec
 from alignahead.trainer import score
-from service.broker import enqueue
+from service.core.broker import enqueue
 
 
 def validation_score(model: torch.nn.Module, spec: JobSpec) -> float:
@@ -80,6 +83,18 @@ def test_job_end_to_end(service: Service) -> None:
 
     listed = c.get("/v1/jobs", params={"status": "succeeded"}).json()["jobs"]
     assert job["id"] in [j["id"] for j in listed]
+
+
+def test_identical_jobs_publish_identical_checkpoints(service: Service) -> None:
+    """Two runs of one spec train the same weights, and their files are the same bytes: users compare
+    runs by the published sha256."""
+    jobs = [service.submit(small_spec(epochs=3)) for _ in range(2)]
+    published = []
+    for job in jobs:
+        assert service.wait(job["id"])["status"] == "succeeded"
+        listing = service.client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["students"]
+        published.append([(s["student"], kind, s[kind]["sha256"]) for s in listing for kind in ("best", "final")])
+    assert len(published[0]) == 4 and published[0] == published[1]
 
 
 def test_cancel_running_job(service: Service) -> None:
@@ -171,3 +186,54 @@ def test_early_stopped_job_succeeds_and_says_why(service: Service) -> None:
     listing = service.client.get(f"/v1/jobs/{done['id']}/checkpoints").json()
     assert [entry["final"]["epoch"] for entry in listing["students"]] == [stopped, stopped]
     assert service.job(service.submit(small_spec(epochs=2))["id"])["stop_reason"] is None
+
+
+def test_metrics_csv_puts_several_jobs_rows_side_by_side(service: Service) -> None:
+    """GET /v1/metrics.csv?job=A&job=B: every row of each job, in the order asked, exactly the values of
+    GET /v1/jobs/{id}/metrics; a job not found (unknown, another tenant's) is a 404 naming it, bad input
+    a 422, both in the one error shape."""
+    c = service.client
+    a = service.submit(small_spec(epochs=3) | {"name": "csv-a"})
+    b = service.submit(small_spec(epochs=2))  # unnamed
+    for job in (a, b):
+        assert service.wait(job["id"])["status"] == "succeeded"
+
+    r = c.get("/v1/metrics.csv", params={"job": [b["id"], a["id"], b["id"]]})  # b first; a repeat counts once
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"] == f'attachment; filename="metrics-{b["id"][:8]}-{a["id"][:8]}.csv"'
+    lines = list(csv.DictReader(io.StringIO(r.text)))
+    expected = [(b, row) for row in service.metrics(b["id"])["rows"]] + [
+        (a, row) for row in service.metrics(a["id"])["rows"]
+    ]
+    assert len(lines) == len(expected) == 2 * (2 + 3)
+    for line, (job, row) in zip(lines, expected, strict=True):
+        assert line["job_id"] == job["id"] and line["job_name"] == (job["name"] or "")
+        assert line["arch"] == "gcn"  # small_spec: two GCN students
+        assert int(line["student"]) == row["student"] and int(line["epoch"]) == row["epoch"]
+        assert int(line["seq"]) == row["seq"] and line["created_at"] == row["created_at"]
+        for key in ("loss", "task_loss", "distill_loss", "val_score", "test_score", "seconds"):
+            assert float(line[key]) == row[key], key  # in full: the same double as the JSON
+        assert line["train_score"] == ("" if row["train_score"] is None else repr(row["train_score"]))
+
+    def refused(params: dict, code: int, words: str, other: TestClient | None = None) -> dict:
+        r = (other or c).get("/v1/metrics.csv", params=params)
+        assert r.status_code == code, r.text
+        body = r.json()
+        assert set(body) == {"detail", "errors"} and words in body["detail"], body
+        return body
+
+    ghost = "0" * 32
+    body = refused({"job": [a["id"], ghost]}, 404, f"no job with id {ghost!r}")
+    assert body["errors"] == []
+    other = TestClient(c.app, headers=bearer(service.authorize_other("csv-intruder")))
+    refused({"job": [a["id"]]}, 404, f"no job with id {a['id']!r}", other)  # another tenant's: not found
+    assert refused({}, 422, "job")["errors"][0]["loc"] == ["query", "job"]
+    too_many = refused({"job": [f"{i:032x}" for i in range(21)]}, 422, "20")
+    assert too_many["errors"][0]["loc"] == ["query", "job"]
+    for bad in ("x" * 65, "", "a b"):  # too long, empty, characters no id has
+        assert refused({"job": [a["id"], bad]}, 422, "pattern")["errors"][0]["loc"] == ["query", "job", 1], bad
+    # a NUL is refused before any route, as in every query (service.api.guards)
+    assert refused({"job": [a["id"], "nul\x00"]}, 422, "NUL")["errors"][0]["loc"] == ["query", "job"]
+    unknown = refused({"job": [a["id"]], "jobs": "x"}, 422, "unknown query parameter 'jobs'")
+    assert unknown["errors"][0]["loc"] == ["query", "jobs"]

@@ -5,6 +5,7 @@ progress deadlines end hopeless jobs."""
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,13 +31,14 @@ from svc_helpers import (
     zip_bomb,
 )
 
+from alignahead.metrics import EpochMetrics
 from alignahead.spec import JobSpec
-from service import jobcore, keys
-from service.app import create_app
-from service.db import db_now, make_engine, make_sessionmaker, transaction
-from service.limits import GraphSize, estimate_bytes
-from service.models import Job
-from service.settings import Settings
+from service.api.app import create_app
+from service.core import jobcore, keys
+from service.core.db import db_now, make_engine, make_sessionmaker, transaction
+from service.core.limits import GraphSize, estimate_bytes
+from service.core.models import Job
+from service.core.settings import Settings
 
 TIGHT = {
     "max_nodes": 1000,
@@ -108,6 +110,28 @@ def test_memory_estimate_refuses_what_cannot_fit(api: Service) -> None:
         assert r.status_code == 422 and "ALIGNAHEAD_WORKER_MEMORY_BYTES" in r.json()["detail"], r.text
         assert "GiB" in r.json()["detail"]
         assert client.post("/v1/jobs", json=small_spec()).status_code == 201  # a small one fits
+
+
+def test_parallel_jobs_fit_the_devices_a_worker_offers(api: Service) -> None:
+    parallel = _spec(distillation={"schedule": "simultaneous"}, training={"parallel": "students", "ranks": 2})
+    r = api.client.post("/v1/jobs", json=parallel)  # the default worker offers one device
+    assert r.status_code == 422 and "ALIGNAHEAD_WORKER_DEVICES" in r.json()["detail"], r.text
+    assert r.json()["errors"][0]["loc"][:3] == ["body", "training", "ranks"]
+    alternating = _spec(training={"parallel": "students"})  # the default schedule is alternating
+    r = api.client.post("/v1/jobs", json=alternating)
+    assert r.status_code == 422 and "sequential by definition" in r.json()["detail"], r.text
+    settings = api.settings.model_copy(update={"worker_devices": 2})
+    with TestClient(create_app(settings), headers=api.client.headers) as client:
+        assert client.post("/v1/jobs", json=parallel).status_code == 201
+
+
+def test_memory_estimate_is_per_rank() -> None:
+    spec = JobSpec.model_validate(
+        _spec(student={"count": 4}, distillation={"schedule": "simultaneous"}, training={"parallel": "students"})
+    )
+    size = GraphSize(nodes=100_000, edges=2_000_000, features=64, classes=4, graphs=1)
+    one, per_rank = estimate_bytes(spec, size), estimate_bytes(spec, size, ranks=2)
+    assert per_rank < one < 2 * per_rank  # two students' passes of four, the graph and overhead in each
 
 
 # ru_maxrss would count the parent's pages: vfork shares its memory until exec, so the child's
@@ -225,6 +249,36 @@ def test_json_body_size_and_depth(tight: TestClient) -> None:
     assert tight.post("/v1/jobs", json=named).status_code == 201
 
 
+@pytest.mark.parametrize("content_type", ["Application/JSON", "APPLICATION/JSON; charset=UTF-8",
+                                          "application/merge-patch+json", "text/plain", None])  # fmt: skip
+def test_every_body_is_capped_whatever_its_content_type(tight: TestClient, content_type: str | None) -> None:
+    """Media types compare case-insensitively, and FastAPI reads a body of any type (and parses one
+    without a type as JSON), so the size and depth caps hold for all of them."""
+    headers = {"content-type": content_type} if content_type else {}
+    spec = json.dumps(small_spec()).encode()
+    jobs_before = len(tight.get("/v1/jobs", params={"limit": 1000}).json()["jobs"])
+    r = tight.post("/v1/jobs", content=spec + b" " * 5000, headers=headers)  # trailing whitespace counts
+    assert r.status_code == 413 and "ALIGNAHEAD_MAX_JSON_BYTES" in r.json()["detail"], r.text
+    chunks = iter([spec, b" " * 3000, b" " * 3000])  # no Content-Length: counted as it streams
+    r = tight.post("/v1/jobs", content=chunks, headers=headers)
+    assert r.status_code == 413 and "ALIGNAHEAD_MAX_JSON_BYTES" in r.json()["detail"], r.text
+    r = tight.post("/v1/jobs", content=b"[" * 9 + b"]" * 9, headers=headers)
+    assert r.status_code == 422 and "ALIGNAHEAD_MAX_JSON_DEPTH" in r.json()["detail"], r.text
+    assert len(tight.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]) == jobs_before
+    if content_type and "json" in content_type.lower():  # within the caps, the JSON type is JSON
+        r = tight.post("/v1/jobs", content=spec, headers=headers)
+        assert r.status_code == 201, r.text
+
+
+def test_a_multipart_body_is_capped_on_every_route(api: Service) -> None:
+    """A multipart body sent to a JSON route is held to the upload cap as it streams (FastAPI would read
+    all of it), and the upload route's own cap still names its setting."""
+    big = b"x" * (api.settings.max_upload_bytes + 70_000)
+    for path in ("/v1/jobs", "/v1/datasets", "/v1/studies"):
+        r = api.client.post(path, files={"file": ("graph.npz", big, "application/octet-stream")})
+        assert r.status_code == 413 and "ALIGNAHEAD_MAX_UPLOAD_BYTES" in r.json()["detail"], (path, r.text)
+
+
 # --- quotas ---------------------------------------------------------------------------------------
 
 
@@ -322,8 +376,8 @@ def test_max_attempts_and_progress_deadline(bare: str) -> None:
         hangs = jobcore.Lease(lease_seconds=600, stall_seconds=0.3)
         with transaction(sessions) as s:
             claim = jobcore.claim(s, job_id, worker="hung", lease=hangs)
-        rows = [{"epoch": 1, "student": i, "loss": 1.0, "task_loss": 1.0, "distill_loss": 0.0, "train_score": None,
-                 "val_score": None, "test_score": None, "seconds": 0.1} for i in (0, 1)]  # fmt: skip
+        rows = [EpochMetrics(epoch=1, student=i, loss=1.0, task_loss=1.0, distill_loss=0.0, train_score=None,
+                             val_score=None, test_score=None, seconds=0.1) for i in (0, 1)]  # fmt: skip
         with transaction(sessions) as s:  # an epoch renews the progress deadline
             out = jobcore.record_epoch(s, claim, hangs, rows, epoch=1, summaries=[], state=None)
             assert out.signals.owned and not out.redone

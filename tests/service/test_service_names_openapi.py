@@ -145,3 +145,22 @@ def test_every_4xx_is_documented_with_the_one_error_model(api: Service) -> None:
             for code, response in responses.items():
                 if code.startswith("4") and code != "400":
                     assert response["content"]["application/json"]["schema"] == error, (method, path, code)
+
+
+def test_openapi_lists_what_the_guards_answer_and_the_event_stream(api: Service) -> None:
+    doc = api.client.get("/openapi.json").json()
+    error = {"$ref": "#/components/schemas/ErrorOut"}
+    unsafe = [(p, m, op) for p, item in doc["paths"].items() for m, op in item.items() if m in ("post", "delete")]
+    assert len(unsafe) >= 7
+    for path, method, op in unsafe:  # a foreign browser origin (403) and an oversized body (413)
+        for code in ("403", "413"):
+            assert op["responses"][code]["content"]["application/json"]["schema"] == error, (method, path, code)
+    events = doc["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]
+    stream = events["200"]["content"]["text/event-stream"]
+    assert stream["itemSchema"]["properties"]["event"]["enum"] == ["status", "metric", "end"]
+    assert set(events["200"]["content"]) == {"text/event-stream"}
+    for code in ("401", "404", "422"):  # errors are JSON, even from the stream's operation
+        assert set(events[code]["content"]) == {"application/json"}, code
+    # and the guard does answer as documented
+    r = api.client.post("/v1/jobs", json=small_spec(), headers={"Origin": "https://elsewhere.example"})
+    assert r.status_code == 403 and set(r.json()) == {"detail", "errors"}

@@ -11,8 +11,8 @@ from conftest import ROOMY
 from sqlalchemy import update
 from svc_helpers import Service, api_without_worker, small_spec
 
-from service.models import Job, MetricRow
-from service.polling import PollingFastPath
+from service.api.polling import PollingFastPath
+from service.core.models import Job, MetricRow
 
 
 @pytest.fixture
@@ -38,8 +38,21 @@ def add_rows(svc: Service, job_id: str, epochs: range) -> None:
 def test_fast_path_gives_the_routes_bytes(api: Service) -> None:
     """A new key's first request is verified and answered by FastAPI's route; once the key is known,
     the same request is the fast path's: the two answers must be the same bytes."""
+    same_bytes(api)
+
+
+@pytest.mark.parametrize("service", ["postgres"], indirect=True)
+def test_fast_path_gives_the_routes_bytes_on_postgres(service: Service) -> None:
+    """On PostgreSQL the fast path reads through a pool of its own (no ping before each read)."""
+    assert service.client.app.state.context.hot is not None
+    same_bytes(service)
+
+
+def same_bytes(api: Service) -> None:
     job = api.submit(small_spec(epochs=3))
-    add_rows(api, job["id"], range(1, 4))
+    api.client.post(f"/v1/jobs/{job['id']}/cancel")  # a finished job changes no more, whatever a worker did
+    api.wait(job["id"])
+    add_rows(api, job["id"], range(101, 104))
     paths = [
         (f"/v1/jobs/{job['id']}", None),
         (f"/v1/jobs/{job['id']}/metrics", None),

@@ -13,8 +13,8 @@ from svc_helpers import Service, Worker, embedded_settings, long_spec, migrate
 from alignahead.datasets import load_dataset
 from alignahead.spec import JobSpec
 from alignahead.trainer import Trainer
-from service.app import create_app
-from service.db import make_engine
+from service.api.app import create_app
+from service.core.db import make_engine
 
 
 @pytest.fixture

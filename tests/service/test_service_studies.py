@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from scipy import stats
 from svc_helpers import Service, bearer, long_spec, make_key, small_spec
 
-from service.app import create_app
+from service.api.app import create_app
 
 SEEDS = 3
 # Chosen (and checked with the library) so that distillation reliably hurts: alpha at its maximum
@@ -178,6 +178,8 @@ def _count(client: TestClient, path: str, key: str) -> int:
         ({"students.0.count": [1, 2], STRATEGY: ["none", "one-to-one"]}, 2, ["body", "axes"],
          ["count=1 strategy=one-to-one", "at least 2 students"]),
         ({"training.seed": [1, 2]}, 2, ["body", "axes", "training.seed"], ["seeds"]),
+        # the study names its jobs (name, cell, seed): an axis on the name would be overwritten per seed
+        ({"name": ["a", "b"]}, 2, ["body", "axes", "name"], ["names its jobs"]),
         ({"distillation.alpha": []}, 2, ["body", "axes", "distillation.alpha"], ["non-empty"]),
         ({"training.epochs": [5, 101]}, 2, ["body", "axes", "training.epochs"],
          ["epochs=101", "ALIGNAHEAD_MAX_EPOCHS"]),
