@@ -97,13 +97,13 @@ def train(args: argparse.Namespace) -> int:
         return 2
     group = None
     if "WORLD_SIZE" in os.environ and spec.training.parallel == "students":  # one rank of a torchrun launch
-        from alignahead.parallel import RankGroup
+        from alignahead.parallel import RankGroup, end_rank_process
         from alignahead.trainer import resolve_device
 
         group = RankGroup.from_environment(spec, resolve_device(spec.training.device).type)
         if not group.leader:  # rank 0 writes the outputs; the others train their students
             Trainer(spec, dataset, group=group).follow()
-            return 0
+            end_rank_process(0)
     run = RunFolder(Path(args.out))
     (run.out / "spec.json").write_text(spec.model_dump_json(indent=2))
 
@@ -151,6 +151,10 @@ def train(args: argparse.Namespace) -> int:
     if result.stop_reason:
         print(result.stop_reason)
     print(f"outputs in {run.out}")
+    if group is not None:  # a torchrun rank
+        from alignahead.parallel import end_rank_process
+
+        end_rank_process(0)
     return 0
 
 

@@ -15,7 +15,6 @@ from alignahead.runtime import set_torch_threads
 os.environ.setdefault("ALIGNAHEAD_COMPILE", "off")
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread_per_process() -> Iterator[None]:
     """The test process trains too, beside worker processes on 2 shared cores: oversubscribed torch

@@ -184,7 +184,8 @@ def test_two_nodes_on_the_loopback_through_a_c10d_rendezvous(tmp_path: Path) -> 
     (tmp_path / "parallel.json").write_text(json.dumps(spec))
     spec["training"].update(parallel="none", ranks=None)
     (tmp_path / "one.json").write_text(json.dumps(spec))
-    env = {**os.environ, "ALIGNAHEAD_COMPILE": "off", "OMP_NUM_THREADS": "1"}
+    # faulthandler: should a rank crash, its output shows every thread's Python stack
+    env = {**os.environ, "ALIGNAHEAD_COMPILE": "off", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     cli = [sys.executable, "-m", "alignahead.cli", "train", "--quiet", "--threads", "1"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

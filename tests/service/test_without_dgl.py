@@ -100,4 +100,3 @@ def test_the_api_and_a_worker_train_a_job_without_dgl(tmp_path: Path, dgl_unimpo
     finally:
         worker.stop()
         api.kill()
-
