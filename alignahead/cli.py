@@ -151,7 +151,7 @@ def train(args: argparse.Namespace) -> int:
     if result.stop_reason:
         print(result.stop_reason)
     print(f"outputs in {run.out}")
-    if group is not None:  # a torchrun rank
+    if trainer.group is not None:  # rank 0 of a parallel job, started by torchrun or starting its ranks
         from alignahead.parallel import end_rank_process
 
         end_rank_process(0)

@@ -302,7 +302,7 @@ def _follow(index: int, setup: _FollowerSetup, dataset: GraphDataset) -> None:
 
 
 def end_rank_process(code: int) -> NoReturn:
-    """End a torchrun rank's process once its group is closed and its outputs are written, skipping the
+    """End a rank's process (the CLI's) once its group is closed and its outputs are written, skipping the
     interpreter's teardown. There gloo's threads may still be winding down: in 2 of 93 runs of the
     two-node test here a rank then aborted ('terminate called without an active exception', SIGABRT)
     after its work had ended (pytorch/pytorch#179291 describes the same crash at finalization), its

@@ -179,7 +179,8 @@ def test_a_killed_rank_ends_the_run_with_a_clear_error_and_no_hang(monkeypatch: 
 
 def test_two_nodes_on_the_loopback_through_a_c10d_rendezvous(tmp_path: Path) -> None:
     """What an operator runs on each machine (README): torchrun with one c10d endpoint, here two 'nodes'
-    on this machine. Rank 0 writes the run folder; its rows equal the one-process CLI run's."""
+    on this machine. Rank 0 writes the run folder; its rows equal the one-process CLI run's, and so do those
+    of the CLI starting its own ranks."""
     spec = make_spec(True).model_dump(mode="json")
     (tmp_path / "parallel.json").write_text(json.dumps(spec))
     spec["training"].update(parallel="none", ranks=None)
@@ -228,6 +229,14 @@ def test_two_nodes_on_the_loopback_through_a_c10d_rendezvous(tmp_path: Path) -> 
         for n in range(2)
     ]
     subprocess.run([*cli, str(tmp_path / "one.json"), "--out", str(tmp_path / "one")], env=env, check=True)
+    spawned = subprocess.run(
+        [*cli, str(tmp_path / "parallel.json"), "--out", str(tmp_path / "spawned")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert spawned.returncode == 0, spawned.stdout + spawned.stderr
+    assert "outputs in" in spawned.stdout  # printed before the process ends without teardown
     for node in nodes:
         out, _ = node.communicate(timeout=300)
         assert node.returncode == 0, out
@@ -235,7 +244,8 @@ def test_two_nodes_on_the_loopback_through_a_c10d_rendezvous(tmp_path: Path) -> 
     written = [tmp_path / f"node{n}" / "metrics.jsonl" for n in range(2) if (tmp_path / f"node{n}").exists()]
     assert len(written) == 1, "exactly one node holds rank 0"
     read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]  # noqa: E731
-    one, two = read(tmp_path / "one" / "metrics.jsonl"), read(written[0])
-    assert [(r["epoch"], r["student"]) for r in two] == [(r["epoch"], r["student"]) for r in one]
-    for a, b in zip(one, two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    one = read(tmp_path / "one" / "metrics.jsonl")
+    for other in (read(written[0]), read(tmp_path / "spawned" / "metrics.jsonl")):
+        assert [(r["epoch"], r["student"]) for r in other] == [(r["epoch"], r["student"]) for r in one]
+        for a, b in zip(one, other, strict=True):
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
