@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -177,11 +177,19 @@ def seed_history(url: str, tenant_id: str, jobs: int, epochs: int, spec: dict) -
     return finished, running
 
 
-def grow(url: str, running: list[str], stop: threading.Event, rate: float = 4.0) -> None:
-    """Append an epoch's rows to each running job `rate` times a second, as 10 workers would."""
+def grow(
+    url: str,
+    running: list[str],
+    stop: threading.Event,
+    rate: float = 4.0,
+    first_epoch: int = 1,
+    on_commit: Callable[[], None] | None = None,
+) -> None:
+    """Append an epoch's rows to each running job `rate` times a second, as 10 workers would, from
+    `first_epoch` on; `on_commit` after each job's transaction."""
     import psycopg
 
-    epoch = 0
+    epoch = first_epoch - 1
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
         while not stop.wait(1.0 / rate):
             epoch += 1
@@ -194,6 +202,8 @@ def grow(url: str, running: list[str], stop: threading.Event, rate: float = 4.0)
                             " created_at) VALUES (%s, %s, %s, 1, 1, 0, 0.1, now())",
                             (jid, epoch, s),
                         )
+                if on_commit is not None:
+                    on_commit()
 
 
 @contextmanager

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "service"))  # the test suite's process helpers
 sys.path.insert(0, str(ROOT))
 
-from bench.load import Connection, load_database, percentile, seed_history, start_api  # noqa: E402
+from bench.load import Connection, grow, load_database, percentile, seed_history, start_api  # noqa: E402
 
 
 async def follow(host: str, port: int, key: str, job_id: str, since: int, opened: asyncio.Event,
@@ -157,22 +157,10 @@ class Grower:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        import psycopg
+        grow(self.url, self.running, self.stop, self.rate, first_epoch=401, on_commit=self._count)
 
-        epoch = 400
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self.stop.wait(1.0 / self.rate):
-                epoch += 1
-                for jid in self.running:
-                    with conn.transaction():
-                        conn.execute("UPDATE jobs SET epochs_done = %s WHERE id = %s", (epoch, jid))
-                        for s in (0, 1):
-                            conn.execute(
-                                "INSERT INTO metrics (job_id, epoch, student, loss, task_loss, distill_loss, seconds,"
-                                " created_at) VALUES (%s, %s, %s, 1, 1, 0, 0.1, now())",
-                                (jid, epoch, s),
-                            )
-                    self.commits += 1
+    def _count(self) -> None:
+        self.commits += 1
 
 
 def sample(conn, name: str, grower: Grower, pid: int) -> Sample:  # type: ignore[no-untyped-def]
