@@ -22,6 +22,8 @@ from client_helpers import LiveServer
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
 from svc_helpers import FINISHED, ROOT, Service, long_spec, make_key, small_spec
 
+from alignahead.enums import JobStatus
+
 CHROMIUM = shutil.which("chromium")
 SCREENSHOTS = ROOT / "test-output" / "browser"
 TIMEOUT_MS = 90_000  # two shared cores: a page waits on a worker that trains
@@ -166,6 +168,9 @@ def test_dashboard_follows_a_running_job_and_cancels_it(
 
     Saves `test-output/browser/jobs.png`, `job-running.png` (the job page mid-run) and `job-cancelled.png`."""
     assert "'unsafe-inline'" not in _csp(service, "/")  # the dashboard has no inline script or style
+    names = service.client.get("/names.js")  # the statuses it filters by, from alignahead.enums
+    assert names.headers["content-type"].startswith("text/javascript")
+    assert json.loads(names.text.split(" = ", 1)[1].rstrip(";\n"))["statuses"] == list(JobStatus)
     job = service.submit(long_spec(epochs=10_000, num_nodes=1500))  # minutes of epochs; cancelled below
     try:
         service.wait(job["id"], until=lambda j: j["status"] == "running", timeout=120)

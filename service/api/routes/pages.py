@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import Scope
+
+from alignahead.enums import FINISHED, JobStatus
+from service.api.schemas import MAX_COMPARE_JOBS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 VENDOR = "static/vendor"
@@ -75,6 +79,24 @@ def dashboard() -> FileResponse:
     return FileResponse(
         STATIC_DIR / "index.html",
         headers={"Content-Security-Policy": DASHBOARD_CSP, "Cache-Control": "no-cache"},
+    )
+
+
+# The names the dashboard shares with the service, from their one definition (not spelt again in app.js).
+NAMES_JS = (
+    "// written by service/api/routes/pages.py from alignahead.enums and service.api.schemas\n"
+    "window.ALIGNAHEAD_NAMES = "
+    + json.dumps({"statuses": list(JobStatus), "finished": list(FINISHED), "maxCompareJobs": MAX_COMPARE_JOBS})
+    + ";\n"
+)
+
+
+@router.get("/names.js")
+def names_js() -> Response:
+    return Response(
+        NAMES_JS,
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
     )
 
 

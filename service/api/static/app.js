@@ -7,8 +7,9 @@
 
 (() => {
   const KEY_STORAGE = "alignahead.apiKey";
-  const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
-  const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+  const NAMES = window.ALIGNAHEAD_NAMES; // names.js, written by the service from its own definitions
+  const FINISHED = new Set(NAMES.finished);
+  const STATUSES = NAMES.statuses;
   const COLORS = ["#2459a8", "#d1495b", "#2e9c5a", "#e59400", "#7d4e9e", "#00a6a6", "#8c564b", "#d62ca1",
     "#5b6b00", "#1f9fd1", "#b85c00", "#4b4bd6", "#2f7f7f", "#a3336b", "#6b7a8f", "#9c7c00"];
   // One chart per quantity. Losses may be drawn on a log scale (the task loss by default: on a linear one
@@ -21,7 +22,7 @@
   ];
   // one dash pattern per student (solid, dashed, dotted, ...), so that overlapping curves stay visible
   const DASHES = [[], [8, 4], [2, 3], [10, 3, 2, 3], [4, 4], [1, 5]];
-  const MAX_COMPARE = 20; // jobs per comparison, as GET v1/metrics.csv takes them
+  const MAX_COMPARE = NAMES.maxCompareJobs; // jobs per comparison, as GET v1/metrics.csv takes them
   const EXAMPLE = `# A GAT and a GCN of the same depth distil each other on a generated graph (runs in seconds).
 name: synthetic-mixed
 dataset:
