@@ -67,7 +67,6 @@ class Http:
     ) -> None:
         self.url = (url or os.environ.get("ALIGNAHEAD_URL") or DEFAULT_URL).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("ALIGNAHEAD_API_KEY")
-        self.has_key = bool(key)
         self.retry = retry or RetryPolicy()
         self.events_supported = True  # set False once the service shows it has no event stream
         from alignahead import __version__
